@@ -1,0 +1,1 @@
+"""Inbound and outbound protocol adapters; they depend on bridge, never the reverse."""

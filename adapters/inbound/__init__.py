@@ -1,0 +1,1 @@
+"""Inbound adapters: bytes or HTTP in, RawMessage to bridge.intake."""

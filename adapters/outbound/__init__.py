@@ -1,0 +1,1 @@
+"""Outbound adapters: one module per target."""

@@ -1,0 +1,1 @@
+"""ehr-bridge core: knows no transport."""

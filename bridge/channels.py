@@ -1,0 +1,147 @@
+"""The contract between the core and outbound adapters, and the registry that finds them.
+
+An outbound adapter turns a :class:`Post` (an event already reduced to what the
+channel's PHI level allows, with its thread and original-post references) into
+a request, and sends it. It holds no business logic: retries, ordering and
+dead letters belong to :mod:`bridge.delivery`.
+
+Adapters are found by name through the ``ehr_bridge.channels`` entry-point
+group, so the core never imports them (dependencies point adapters → bridge)
+and third parties can add their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from bridge.errors import ConfigError
+from bridge.events import ClinicalEvent
+
+__all__ = [
+    "AdapterContext",
+    "ChannelConfig",
+    "OutboundAdapter",
+    "PhiLevel",
+    "Post",
+    "SendResult",
+    "adapter_class",
+    "adapter_names",
+]
+
+ENTRY_POINT_GROUP = "ehr_bridge.channels"
+
+
+class PhiLevel(str, Enum):
+    """How much protected health information a channel may show (HIPAA minimum necessary)."""
+
+    #: No patient identifiers at all: event type, unit, severity, a reference to look it up.
+    NONE = "none"
+    #: Initials, year of birth, sex, location and clinical content; no MRN, no full name.
+    LIMITED = "limited"
+    #: Everything the event carries: for channels whose membership is the care team.
+    FULL = "full"
+
+
+class ChannelConfig(BaseModel):
+    """Base of every adapter's config model. Secrets are ``SecretStr`` so reprs mask them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    phi: PhiLevel = PhiLevel.LIMITED
+    #: Upper bound of delivery attempts before the delivery is dead (overrides the global value).
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    """What one channel must show for one event.
+
+    ``event`` is already reduced to the channel's PHI level; ``title``,
+    ``summary`` and ``facts`` are the composed wording (from the templates in
+    ``mappings/``). ``delivery_id`` is stable across retries: adapters use it
+    as their idempotency key (``webhook-id``, Matrix txnId).
+    """
+
+    delivery_id: str
+    channel: str
+    event: ClinicalEvent
+    title: str
+    summary: str
+    facts: tuple[tuple[str, str], ...] = ()
+    #: External id of the first post of this thread key in this channel (Slack ``ts``), if any.
+    thread_ref: str | None = None
+    #: External id of the post this event corrects or cancels, if any.
+    original_ref: str | None = None
+
+    @property
+    def text(self) -> str:
+        """Plain-text form: the notification fallback and the console line."""
+        return f"{self.title}: {self.summary}" if self.summary else self.title
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What an adapter learned from a successful send."""
+
+    #: The post's id at the target (Slack ``ts``, Matrix ``event_id``); None when it has none.
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    """What the runtime hands an adapter at construction."""
+
+    #: The channel's configured name (e.g. ``icu-slack``).
+    name: str
+    #: A shared HTTP client; adapters must not create module-level clients.
+    http: httpx.AsyncClient
+    #: The durable store (the inbox keeps its feed there).
+    store: Any
+
+
+@runtime_checkable
+class OutboundAdapter(Protocol):
+    """One class per target. Limits are class attributes; ``render`` is pure.
+
+    Constructed as ``cls(config, context)`` with its validated ``config_model``.
+    """
+
+    config_model: ClassVar[type[ChannelConfig]]
+    max_text: ClassVar[int]
+    rate_per_sec: ClassVar[float]
+    supports_threads: ClassVar[bool]
+    supports_update: ClassVar[bool]
+
+    def render(self, post: Post) -> Any:
+        """Build the request payload for ``post``. Pure: no I/O, no clock."""
+        ...
+
+    async def send(self, payload: Any) -> SendResult:
+        """Send ``payload``. Raises ``Retryable`` or ``Permanent``; never returns a failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def adapter_names() -> list[str]:
+    """Names of every registered outbound adapter."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def adapter_class(name: str, *, path: str = "") -> type[OutboundAdapter]:
+    """The adapter class registered as ``name``; a ConfigError naming ``path`` if none is."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            cls: type[OutboundAdapter] = ep.load()
+            return cls
+    known = ", ".join(adapter_names()) or "none"
+    raise ConfigError(f"unknown channel type {name!r} (known: {known})", path=path)

@@ -1,0 +1,232 @@
+"""The canonical clinical collaboration event and its CloudEvents 1.0 envelope.
+
+Every inbound format is mapped to :class:`ClinicalEvent`; every outbound adapter
+renders from it. Values of the enums end up in the database, the logs and the
+config, so they are stable strings.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ClinicalEvent",
+    "Encounter",
+    "EventType",
+    "Identifier",
+    "Lifecycle",
+    "Location",
+    "Observation",
+    "Patient",
+    "Person",
+    "Severity",
+    "Subject",
+    "type_matches",
+]
+
+#: Version of the event schema; bumped on any incompatible change of ClinicalEvent.
+SCHEMA_VERSION = "1"
+
+
+class EventType(str, Enum):
+    """The event catalogue. Names are ``noun.past_participle``."""
+
+    #: ADT^A01: inpatient admitted.
+    ENCOUNTER_ADMITTED = "encounter.admitted"
+    #: ADT^A04: outpatient or emergency visit registered.
+    ENCOUNTER_REGISTERED = "encounter.registered"
+    #: ADT^A02: patient transferred to another location.
+    ENCOUNTER_TRANSFERRED = "encounter.transferred"
+    #: ADT^A03: patient discharged / visit ended.
+    ENCOUNTER_DISCHARGED = "encounter.discharged"
+    #: ADT^A08: patient or visit information updated (high volume; usually not routed).
+    ENCOUNTER_UPDATED = "encounter.updated"
+    #: ADT^A11: admission or registration cancelled; strikes the admitted post.
+    ADMISSION_CANCELLED = "encounter.admission_cancelled"
+    #: ADT^A12: transfer cancelled; strikes the transferred post.
+    TRANSFER_CANCELLED = "encounter.transfer_cancelled"
+    #: ADT^A13: discharge cancelled; strikes the discharged post.
+    DISCHARGE_CANCELLED = "encounter.discharge_cancelled"
+    #: ORU^R01 with a critical abnormal flag (OBX-8 HH, LL, AA, ...): needs a human.
+    RESULT_CRITICAL = "result.critical"
+    #: ORU^R01, final results (OBX-11/OBR-25 F).
+    RESULT_FINAL = "result.final"
+    #: ORU^R01, preliminary results (OBX-11/OBR-25 P, I, R, ...).
+    RESULT_PRELIMINARY = "result.preliminary"
+    #: ORU^R01 with OBX-11 C: a correction that edits the original post.
+    RESULT_CORRECTED = "result.corrected"
+    #: ORM^O01 / OML^O21 with ORC-1 NW: order placed.
+    ORDER_PLACED = "order.placed"
+    #: ORM^O01 / OML^O21 with ORC-1 CA/OC: order cancelled; strikes the placed post.
+    ORDER_CANCELLED = "order.cancelled"
+
+
+class Severity(str, Enum):
+    """How urgent an event is. Ordered: ``info < notice < warning < critical``."""
+
+    #: Routine information, fine for a digest.
+    INFO = "info"
+    #: Worth seeing today (admissions, discharges, final results).
+    NOTICE = "notice"
+    #: Abnormal, should be seen soon.
+    WARNING = "warning"
+    #: Needs a human now (critical results); breaks through quiet hours.
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    def at_least(self, other: Severity) -> bool:
+        return self.rank >= other.rank
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.NOTICE: 1, Severity.WARNING: 2, Severity.CRITICAL: 3}
+
+
+class Lifecycle(str, Enum):
+    """What an event does to what was posted before in its thread."""
+
+    #: A new fact: a new post.
+    NEW = "new"
+    #: More information on the same subject: a reply in the thread.
+    UPDATE = "update"
+    #: Replaces an earlier post (``links.corrects``): the post is edited.
+    CORRECT = "correct"
+    #: Retracts an earlier post (``links.cancels``): the post is struck.
+    CANCEL = "cancel"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Identifier(_Model):
+    """An identifier with its assigning authority (HL7 CX, FHIR Identifier)."""
+
+    value: str
+    authority: str | None = None
+    type: str | None = None
+
+
+class Person(_Model):
+    """A clinician (HL7 XCN): id plus name parts."""
+
+    id: str | None = None
+    family: str | None = None
+    given: str | None = None
+    prefix: str | None = None
+
+    @property
+    def display(self) -> str:
+        name = " ".join(p for p in (self.prefix, self.given, self.family) if p)
+        return name or (self.id or "")
+
+
+class Patient(_Model):
+    """The patient. Every field here is PHI; channels see them according to their PHI level."""
+
+    mrn: Identifier | None = None
+    identifiers: tuple[Identifier, ...] = ()
+    family: str | None = None
+    given: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None
+
+
+class Location(_Model):
+    """An HL7 PL: from general to specific, facility → unit (point of care) → room → bed."""
+
+    facility: str | None = None
+    unit: str | None = None
+    room: str | None = None
+    bed: str | None = None
+
+    @property
+    def display(self) -> str:
+        return "/".join(p for p in (self.facility, self.unit, self.room, self.bed) if p)
+
+
+class Encounter(_Model):
+    """The visit: number, class (PV1-2), location (PV1-3), attending (PV1-7)."""
+
+    visit_number: str | None = None
+    patient_class: str | None = None
+    location: Location = Location()
+    prior_location: Location | None = None
+    attending: Person | None = None
+    admitted_at: str | None = None
+    discharged_at: str | None = None
+
+
+class Observation(_Model):
+    """One result line (OBX)."""
+
+    code: str | None = None
+    text: str | None = None
+    value: str | None = None
+    units: str | None = None
+    reference_range: str | None = None
+    flags: tuple[str, ...] = ()
+    status: str | None = None
+    critical: bool = False
+
+
+class Subject(_Model):
+    """What the event is about: a result report, an order, the encounter itself.
+
+    ``key`` identifies the subject across events (e.g. the filler order number
+    of a report), so a correction or cancellation can find the original post.
+    """
+
+    kind: str
+    key: str | None = None
+    code: str | None = None
+    text: str | None = None
+    status: str | None = None
+    observations: tuple[Observation, ...] = ()
+
+
+class ClinicalEvent(_Model):
+    """The canonical, versioned clinical collaboration event."""
+
+    id: str
+    type: EventType
+    severity: Severity = Severity.INFO
+    occurred_at: datetime
+    source: str
+    patient: Patient = Patient()
+    encounter: Encounter = Encounter()
+    subject: Subject | None = None
+    thread_key: str
+    dedup_key: str
+    lifecycle: Lifecycle = Lifecycle.NEW
+    links: dict[str, str] = Field(default_factory=dict)
+    #: Identifiers of where the event came from (control ID, listener); never content.
+    origin: dict[str, str] = Field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        """The CloudEvents 1.0 JSON envelope (structured content mode)."""
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": f"org.ehr-bridge.{self.type.value}",
+            "time": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "subject": self.thread_key,
+            "datacontenttype": "application/json",
+            "dataschema": f"urn:ehr-bridge:clinical-event:v{self.schema_version}",
+            "data": self.model_dump(mode="json"),
+        }
+
+
+def type_matches(event_type: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """True when ``event_type`` matches one of the glob ``patterns`` (``result.*``)."""
+    return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
