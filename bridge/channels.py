@@ -5,22 +5,21 @@ channel's PHI level allows, with its thread and original-post references) into
 a request, and sends it. It holds no business logic: retries, ordering and
 dead letters belong to :mod:`bridge.delivery`.
 
-Adapters are found by name through the ``ehr_bridge.channels`` entry-point
-group, so the core never imports them (dependencies point adapters → bridge)
-and third parties can add their own.
+Adapters are found by name through :mod:`bridge.registry`, so the core never
+imports them (dependencies point adapters → bridge) and third parties can add
+their own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from bridge.errors import ConfigError
+from bridge import registry
 from bridge.events import ClinicalEvent
 
 __all__ = [
@@ -33,9 +32,6 @@ __all__ = [
     "adapter_class",
     "adapter_names",
 ]
-
-ENTRY_POINT_GROUP = "ehr_bridge.channels"
-
 
 class PhiLevel(str, Enum):
     """How much protected health information a channel may show (HIPAA minimum necessary)."""
@@ -134,14 +130,10 @@ class OutboundAdapter(Protocol):
 
 def adapter_names() -> list[str]:
     """Names of every registered outbound adapter."""
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return registry.names(registry.CHANNELS)
 
 
 def adapter_class(name: str, *, path: str = "") -> type[OutboundAdapter]:
     """The adapter class registered as ``name``; a ConfigError naming ``path`` if none is."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            cls: type[OutboundAdapter] = ep.load()
-            return cls
-    known = ", ".join(adapter_names()) or "none"
-    raise ConfigError(f"unknown channel type {name!r} (known: {known})", path=path)
+    cls: type[OutboundAdapter] = registry.load(registry.CHANNELS, name, path=path)
+    return cls

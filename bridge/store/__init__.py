@@ -1,0 +1,202 @@
+"""The durable store: the journal, events, the delivery outbox, threads, the inbox feed and the audit trail.
+
+:class:`Store` is the protocol every backend implements; ``sqlite`` is the
+embedded default. The one write that matters, :meth:`Store.commit_message`,
+writes a journal row, its events and their outbox rows in a single
+transaction; intake sends the ACK only after it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from bridge.events import ClinicalEvent
+
+__all__ = [
+    "ClaimedDelivery",
+    "CommitResult",
+    "DeliveryRow",
+    "DeliveryStatus",
+    "EventStatus",
+    "JournalEntry",
+    "MessageStatus",
+    "NewDelivery",
+    "Store",
+    "new_id",
+]
+
+
+def new_id() -> str:
+    """A time-ordered unique id (48-bit milliseconds + 64 random bits, hex): sorts by creation."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+class MessageStatus(str, Enum):
+    """Journal status of an inbound message."""
+
+    #: Committed with its events (possibly none routed).
+    ACCEPTED = "accepted"
+    #: Seen before within the dedup window: re-ACKed, nothing new created.
+    DUPLICATE = "duplicate"
+    #: Answered with a NAK (AE/AR); the raw bytes are kept for analysis and replay.
+    REJECTED = "rejected"
+    #: Accepted, but no mapping matches its type: ACKed AA, no events.
+    UNMAPPED = "unmapped"
+
+
+class EventStatus(str, Enum):
+    """What routing made of an event."""
+
+    #: At least one channel gets it.
+    ROUTED = "routed"
+    #: No route matched: journaled only (the sender did nothing wrong).
+    UNROUTED = "unrouted"
+    #: The same clinical fact (dedup key) was already recorded within the window.
+    DUPLICATE = "duplicate"
+
+
+class DeliveryStatus(str, Enum):
+    """State of one event's delivery to one channel (the outbox)."""
+
+    #: Waiting for its turn (``next_attempt_at``) and for earlier events of its thread.
+    PENDING = "pending"
+    #: Claimed by a worker; reclaimed as pending at restart.
+    IN_FLIGHT = "in_flight"
+    #: The target accepted it.
+    DELIVERED = "delivered"
+    #: Gave up (permanent error or attempts exhausted); ``dlq replay`` resurrects it.
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One inbound message (or unparsable payload) as journaled. No content besides ``raw``."""
+
+    id: str
+    listener: str
+    transport: str
+    received_at: float
+    raw: bytes
+    status: MessageStatus
+    ack_code: str
+    control_id: str = ""
+    sending_application: str = ""
+    sending_facility: str = ""
+    message_type: str = ""
+    peer: str = ""
+    #: Short reason for a rejection (0357 code and text), never content.
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    channel: str
+    #: First attempt not before this time (quiet hours, digests later).
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    #: True when (MSH-3, MSH-4, MSH-10) was already accepted within the window; nothing was written but the journal row.
+    duplicate: bool
+    #: Ids of the delivery rows created.
+    delivery_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery handed to a worker, with what rendering needs."""
+
+    id: str
+    channel: str
+    attempts: int
+    event: ClinicalEvent
+    #: External id of the thread root in this channel, if one was posted.
+    thread_ref: str | None
+    #: External id of the post this event corrects or cancels, if found.
+    original_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery as listed by ``dlq list`` and the admin API."""
+
+    id: str
+    event_id: str
+    channel: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str
+    updated_at: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """What intake, delivery and the CLI need from a durable store."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def commit_message(
+        self,
+        entry: JournalEntry,
+        events: list[tuple[ClinicalEvent, list[NewDelivery]]],
+        *,
+        dedup_window: float,
+    ) -> CommitResult:
+        """Journal ``entry`` with its events and outbox rows in one transaction.
+
+        For an ACCEPTED entry whose (sending app, facility, control id) was
+        accepted within ``dedup_window`` seconds, the entry is journaled as a
+        duplicate and nothing else is written. An event whose dedup key was
+        recorded within the window gets no deliveries.
+        """
+        ...
+
+    async def journal(self, entry: JournalEntry) -> None:
+        """Record a message without events (a rejection)."""
+        ...
+
+    async def claim(self, channel: str, *, now: float, limit: int) -> list[ClaimedDelivery]:
+        """Claim due deliveries of ``channel``, only the oldest open one per thread key."""
+        ...
+
+    async def mark_delivered(self, delivery_id: str, *, external_id: str | None, thread_root: bool) -> None: ...
+
+    async def mark_retry(self, delivery_id: str, *, next_attempt_at: float, error: str) -> None: ...
+
+    async def mark_dead(self, delivery_id: str, *, error: str) -> None: ...
+
+    async def disable_channel(self, channel: str, *, reason: str) -> int:
+        """Mark the channel disabled and its open deliveries dead; returns how many."""
+        ...
+
+    async def reclaim_in_flight(self) -> int:
+        """Return deliveries left in flight by a crash to pending; returns how many."""
+        ...
+
+    async def dead_letters(self, *, limit: int = 100) -> list[DeliveryRow]: ...
+
+    async def replay(self, delivery_ids: list[str] | None) -> int:
+        """Make dead deliveries pending again (all when ``None``); re-enables their channels."""
+        ...
+
+    async def disabled_channels(self) -> dict[str, str]: ...
+
+    async def inbox_append(self, delivery_id: str, item: dict[str, Any]) -> int:
+        """Add an item to the inbox feed, once per delivery id; returns its feed id."""
+        ...
+
+    async def inbox_items(self, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def audit(self, action: str, *, channel: str = "", event_id: str = "", detail: str = "") -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be read and written."""
+        ...

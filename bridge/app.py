@@ -1,0 +1,84 @@
+"""The FastAPI app factory: inbound HTTP routes, health, metrics and the admin API.
+
+``create_app(runtime)`` mounts the routers the registered adapters provide
+(HL7 over HTTP, the inbox page). With ``manage_runtime`` the app's lifespan
+starts and stops the runtime, which is how ``ehr-bridge serve`` runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bridge.runtime import Runtime
+
+__all__ = ["create_app"]
+
+
+def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_runtime:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if manage_runtime:
+                await runtime.stop()
+
+    app = FastAPI(title="ehr-bridge", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    for router in runtime.http_routers():
+        app.include_router(router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: the store commits, the listeners are bound and the delivery workers run."""
+        problems: list[str] = []
+        if not runtime.started:
+            problems.append("runtime not started")
+        else:
+            try:
+                await runtime.store.ping()
+            except Exception as exc:  # boundary: report, do not raise
+                problems.append(f"store: {type(exc).__name__}")
+            if not runtime.dispatcher.running:
+                problems.append("delivery workers not running")
+            missing = [c.name for c in runtime.settings.listeners if c.port is not None and c.name not in runtime.servers]
+            if missing:
+                problems.append(f"listeners not bound: {', '.join(missing)}")
+        body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "problems": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/dlq")
+    async def dlq(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        rows = await runtime.store.dead_letters(limit=limit)
+        return {
+            "items": [
+                {
+                    "id": r.id,
+                    "event_id": r.event_id,
+                    "channel": r.channel,
+                    "event_type": r.event_type,
+                    "attempts": r.attempts,
+                    "last_error": r.last_error,
+                    "updated_at": r.updated_at,
+                }
+                for r in rows
+            ]
+        }
+
+    return app

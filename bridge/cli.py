@@ -1,0 +1,190 @@
+"""The ``ehr-bridge`` command line: serve, send, map, check-config and dead-letter management."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bridge import registry
+from bridge.config import Settings, load_config
+from bridge.errors import BridgeError, ConfigError, ParseError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="ehr-bridge: HL7 v2 and FHIR to clinical chat.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: deliveries that gave up.")
+app.add_typer(dlq_app, name="dlq")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config YAML (default: $EHR_BRIDGE_CONFIG, else embedded defaults)."),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    path = config or (Path(os.environ["EHR_BRIDGE_CONFIG"]) if os.environ.get("EHR_BRIDGE_CONFIG") else None)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the bridge: MLLP listeners, HTTP API, delivery workers."""
+    import uvicorn
+
+    from bridge.app import create_app
+    from bridge.logs import configure
+    from bridge.runtime import Runtime
+
+    settings = _settings(config)
+    configure(settings.logging.level, settings.logging.format)
+    try:
+        runtime = Runtime(settings)
+    except BridgeError as exc:
+        typer.echo(f"cannot start: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime, manage_runtime=True),
+            host=settings.http.host,
+            port=settings.http.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    files: Annotated[list[Path], typer.Argument(help="HL7 files; batches and concatenations are split.")],
+    host: Annotated[str, typer.Option(help="MLLP host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="MLLP port.")] = 2575,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 10.0,
+) -> None:
+    """Send messages over MLLP, one frame each, and print each ACK's MSA segment."""
+    from bridge.hl7 import split_messages
+
+    client_cls = registry.load(registry.INBOUND, "mllp_client")
+
+    async def run() -> int:
+        failures = 0
+        async with client_cls(host, port, timeout=timeout) as client:
+            for path in files:
+                for n, payload in enumerate(split_messages(path.read_bytes()), start=1):
+                    ack = await client.send(payload)
+                    msa = _segment(ack, b"MSA")
+                    typer.echo(f"{path.name}#{n}: {msa}")
+                    if not msa.startswith(("MSA|AA", "MSA|CA")):
+                        failures += 1
+        return failures
+
+    try:
+        failures = asyncio.run(run())
+    except (OSError, TimeoutError) as exc:
+        typer.echo(f"send failed: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    raise typer.Exit(1 if failures else 0)
+
+
+def _segment(message: bytes, name: bytes) -> str:
+    for seg in message.replace(b"\n", b"\r").split(b"\r"):
+        if seg.startswith(name):
+            return seg.decode("utf-8", "replace")
+    return "(no " + name.decode() + " segment)"
+
+
+@app.command("map")
+def map_(files: list[Path], config: ConfigOption = None) -> None:
+    """Print the events each message maps to, as JSON. No side effects."""
+    from bridge.hl7 import parse, split_messages
+    from bridge.mapping import Mapper, MappingOptions
+
+    settings = _settings(config)
+    mapper = Mapper.load(
+        MappingOptions(
+            critical_flags=frozenset(settings.mapping.critical_flags),
+            extra_paths=tuple(settings.mapping.extra_paths),
+        )
+    )
+    out: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
+    for path in files:
+        for n, payload in enumerate(split_messages(path.read_bytes()), start=1):
+            try:
+                message = parse(payload, fallback=settings.listeners[0].charset_fallback if settings.listeners else "iso-8859-1")
+            except ParseError as exc:
+                out.append({"file": str(path), "message": n, "error": f"{exc.code} {exc}"})
+                continue
+            events = mapper.map_hl7(
+                message, message_id=f"map-{n}", source="urn:ehr-bridge:map", received_at=now, origin={"file": path.name}
+            )
+            out.append({"file": str(path), "message": n, "events": [e.model_dump(mode="json") for e in events]})
+    json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+@app.command("check-config")
+def check_config(file: Path) -> None:
+    """Validate a config file; errors name the YAML path."""
+    settings = _settings(file)
+    typer.echo(
+        f"ok: {len(settings.listeners)} listener(s), {len(settings.routes)} route(s), "
+        f"{len(settings.channels)} channel(s): {', '.join(sorted(settings.channels))}"
+    )
+
+
+async def _with_store(settings: Settings, fn: Any) -> Any:
+    from bridge.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(settings.store.path)
+    await store.open()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+@dlq_app.command("list")
+def dlq_list(config: ConfigOption = None, limit: int = 100) -> None:
+    """List dead deliveries, newest first."""
+    settings = _settings(config)
+    rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters(limit=limit)))
+    if not rows:
+        typer.echo("no dead letters")
+        return
+    for r in rows:
+        when = datetime.fromtimestamp(r.updated_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{r.id}  {r.channel}  {r.event_type}  attempts={r.attempts}  {when}Z  {r.last_error}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="Delivery ids from `dlq list`.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Make dead deliveries pending again; a running bridge picks them up."""
+    if not ids and not all_:
+        typer.echo("give delivery ids or --all", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    count = asyncio.run(_with_store(settings, lambda s: s.replay(None if all_ else list(ids or []))))
+    typer.echo(f"replayed {count} delivery(ies)")
+
+
+def main() -> None:
+    app()

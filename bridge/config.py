@@ -1,0 +1,294 @@
+"""Configuration: YAML with ``${ENV}`` interpolation, validated by pydantic.
+
+Every error names the YAML path it concerns (``routes[1].channels[0]``). With
+no file at all, :func:`load_config` returns the embedded defaults: SQLite in
+``./data``, MLLP on 2575, HTTP on 8080 and one route sending everything to the
+built-in inbox. Secrets are ``SecretStr`` and are masked in every repr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from bridge.channels import ChannelConfig, adapter_class
+from bridge.errors import ConfigError
+from bridge.events import Severity
+
+__all__ = [
+    "DedupConfig",
+    "DeliveryConfig",
+    "HttpConfig",
+    "ListenerConfig",
+    "LoggingConfig",
+    "MappingConfig",
+    "RouteConfig",
+    "RouteMatch",
+    "Settings",
+    "StoreConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Section):
+    #: Only the embedded SQLite store exists so far.
+    backend: Literal["sqlite"] = "sqlite"
+    #: Database file; its directory is created on start.
+    path: Path = Path("data/bridge.db")
+
+
+class HttpConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    #: Largest accepted request body (HL7 over HTTP, FHIR); larger gets 413.
+    max_body_bytes: int = Field(1_048_576, gt=0)
+
+
+class TlsConfig(_Section):
+    cert: Path
+    key: Path
+    #: CA bundle for client certificates; when set, clients must present one (mutual TLS).
+    client_ca: Path | None = None
+
+
+class ListenerConfig(_Section):
+    #: Name used in logs, in ``POST /hl7/{name}`` and in the journal.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = "0.0.0.0"
+    #: MLLP port; ``null`` makes the listener HTTP-only.
+    port: int | None = Field(2575, ge=0, le=65535)
+    max_frame_bytes: int = Field(1_048_576, gt=0)
+    idle_timeout: float = Field(300.0, gt=0)
+    max_connections: int = Field(100, gt=0)
+    #: Codec for messages without MSH-18 that are not valid UTF-8 (European feeds send 8859-1 unannounced).
+    charset_fallback: str = "iso-8859-1"
+    #: ``strict`` validates against the declared version with hl7apy and answers findings with AE + ERR.
+    validation: Literal["lenient", "strict"] = "lenient"
+    #: Bearer token required on ``POST /hl7/{name}``; none means no auth on HTTP for this listener.
+    http_token: SecretStr | None = None
+    tls: TlsConfig | None = None
+
+    @field_validator("charset_fallback")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown codec {value!r}") from exc
+        return value
+
+
+class DedupConfig(_Section):
+    #: Same (MSH-3, MSH-4, MSH-10) within this many seconds is re-ACKed and not re-posted.
+    window_seconds: float = Field(172_800.0, ge=0)
+
+
+class RouteMatch(_Section):
+    #: Event type globs, e.g. ``result.*``.
+    types: list[str] = Field(default_factory=lambda: ["*"])
+    min_severity: Severity = Severity.INFO
+    #: Location facilities (PV1-3.4); empty matches any.
+    facilities: list[str] = Field(default_factory=list)
+    #: Location units / points of care (PV1-3.1); empty matches any.
+    units: list[str] = Field(default_factory=list)
+    #: Patient classes (PV1-2: I, O, E, ...); empty matches any.
+    patient_classes: list[str] = Field(default_factory=list)
+
+
+class RouteConfig(_Section):
+    name: str
+    match: RouteMatch = RouteMatch()
+    channels: list[str] = Field(min_length=1)
+
+
+class DeliveryConfig(_Section):
+    #: Attempts before a delivery is dead (a channel may lower or raise it).
+    max_attempts: int = Field(10, ge=1)
+    initial_backoff: float = Field(1.0, gt=0)
+    max_backoff: float = Field(600.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    #: Fraction of each delay drawn at random, so retries of many deliveries spread out.
+    jitter: float = Field(0.3, ge=0, le=1)
+    #: How often workers look for due retries when nothing wakes them.
+    poll_interval: float = Field(0.5, gt=0)
+    #: Deliveries of one channel sent concurrently (always one at a time per thread key).
+    max_in_flight: int = Field(4, ge=1)
+
+
+class MappingConfig(_Section):
+    #: OBX-8 flags that make a result critical (Table 0078; add LU, HU, <, > if your site uses them).
+    critical_flags: list[str] = Field(default_factory=lambda: ["HH", "LL", "AA"])
+    #: Extra folders or files of mapping YAML, applied after the bundled ones.
+    extra_paths: list[Path] = Field(default_factory=list)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+def _default_listeners() -> list[ListenerConfig]:
+    return [ListenerConfig(name="default")]
+
+
+def _default_routes() -> list[RouteConfig]:
+    return [RouteConfig(name="everything", channels=["inbox"])]
+
+
+def _default_channels() -> dict[str, dict[str, Any]]:
+    return {"inbox": {"type": "inbox"}}
+
+
+class Settings(_Section):
+    store: StoreConfig = StoreConfig()
+    http: HttpConfig = HttpConfig()
+    listeners: list[ListenerConfig] = Field(default_factory=_default_listeners)
+    dedup: DedupConfig = DedupConfig()
+    mapping: MappingConfig = MappingConfig()
+    routes: list[RouteConfig] = Field(default_factory=_default_routes)
+    #: Channel name → the adapter's settings (``type`` picks the adapter).
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    delivery: DeliveryConfig = DeliveryConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_models(cls, data: Any) -> Any:
+        # Each channel is validated by its own adapter's model, found by ``type`` in the registry.
+        if not isinstance(data, dict):
+            return data
+        channels = data.get("channels")
+        if channels is None:
+            channels = _default_channels()
+        if not isinstance(channels, dict):
+            raise ConfigError("must be a mapping of channel name to settings", path="channels")
+        built: dict[str, ChannelConfig] = {}
+        for name, raw in channels.items():
+            path = f"channels.{name}"
+            if isinstance(raw, ChannelConfig):
+                built[name] = raw
+                continue
+            if not isinstance(raw, dict) or "type" not in raw:
+                raise ConfigError("needs a 'type' (e.g. slack, webhook, inbox)", path=path)
+            model = adapter_class(str(raw["type"]), path=f"{path}.type").config_model
+            try:
+                built[name] = model.model_validate(raw)
+            except PydanticValidationError as exc:
+                raise ConfigError(_first_error(exc), path=_join(path, exc.errors()[0]["loc"])) from exc
+        return {**data, "channels": built}
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        seen: dict[str, int] = {}
+        ports: dict[tuple[str, int], int] = {}
+        for i, listener in enumerate(self.listeners):
+            if listener.name in seen:
+                raise ConfigError(f"duplicate listener name {listener.name!r}", path=f"listeners[{i}].name")
+            seen[listener.name] = i
+            if listener.port:
+                key = (listener.host, listener.port)
+                if key in ports:
+                    raise ConfigError(
+                        f"port {listener.port} already used by listeners[{ports[key]}]", path=f"listeners[{i}].port"
+                    )
+                ports[key] = i
+        for i, route in enumerate(self.routes):
+            for j, channel in enumerate(route.channels):
+                if channel not in self.channels:
+                    known = ", ".join(sorted(self.channels)) or "none"
+                    raise ConfigError(
+                        f"unknown channel {channel!r} (configured: {known})", path=f"routes[{i}].channels[{j}]"
+                    )
+        return self
+
+    def listener(self, name: str) -> ListenerConfig | None:
+        return next((x for x in self.listeners if x.name == name), None)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, env: dict[str, str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; an unset VAR without default is an error."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, _join(path, (k,)), env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set", path=path)
+
+        return _ENV.sub(sub, node)
+    return node
+
+
+def _join(prefix: str, loc: tuple[Any, ...] | list[Any]) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = f"{out}.{part}" if out else str(part)
+    return out
+
+
+def _first_error(exc: PydanticValidationError) -> str:
+    err = exc.errors()[0]
+    msg = str(err["msg"])
+    # Do not echo input values: they may be secrets.
+    return msg.removeprefix("Value error, ")
+
+
+def parse_config(data: dict[str, Any] | None, *, env: dict[str, str] | None = None) -> Settings:
+    """Validate an already-loaded YAML document."""
+    raw = _interpolate(data or {}, "", dict(os.environ) if env is None else env)
+    if not isinstance(raw, dict):
+        raise ConfigError("the top level must be a mapping")
+    try:
+        return Settings.model_validate(raw)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):
+            raise cause from exc
+        raise ConfigError(_first_error(exc), path=_join("", err["loc"])) from exc
+
+
+def load_config(path: Path | str | None = None, *, env: dict[str, str] | None = None) -> Settings:
+    """Load and validate ``path``; with no path, the embedded defaults."""
+    if path is None:
+        return parse_config({}, env=env)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", path=str(p)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML{where}", path=str(p)) from exc
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping", path=str(p))
+    return parse_config(data, env=env)

@@ -1,0 +1,221 @@
+"""Delivery: workers that claim due deliveries per channel, send them and record the outcome.
+
+The worker owns attempts, backoff, dead letters and channel disabling;
+adapters only render and send, raising ``Retryable(defer=...)`` or
+``Permanent`` (the arq model, STYLE.md). Order within a thread key comes from
+the store's claim, which hands out only the oldest open delivery per thread;
+different threads go in parallel, up to ``max_in_flight`` per channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from bridge import metrics
+from bridge.channels import OutboundAdapter, PhiLevel, Post
+from bridge.compose import Templates, compose, redact
+from bridge.config import DeliveryConfig
+from bridge.errors import Permanent, Retryable
+from bridge.events import Lifecycle
+from bridge.store import ClaimedDelivery, Store
+
+__all__ = ["ChannelWorker", "Dispatcher", "RateLimiter", "RetryPolicy"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded; ``Retry-After`` is a floor, never shortened."""
+
+    max_attempts: int = 10
+    initial: float = 1.0
+    max_delay: float = 600.0
+    multiplier: float = 2.0
+    jitter: float = 0.3
+
+    @classmethod
+    def from_config(cls, cfg: DeliveryConfig, *, max_attempts: int | None = None) -> RetryPolicy:
+        return cls(
+            max_attempts=max_attempts or cfg.max_attempts,
+            initial=cfg.initial_backoff,
+            max_delay=cfg.max_backoff,
+            multiplier=cfg.multiplier,
+            jitter=cfg.jitter,
+        )
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+    def delay(self, attempt: int, *, defer: float | None = None, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.initial * self.multiplier ** max(0, attempt - 1))
+        wait = base * (1.0 - self.jitter * rand())
+        return max(wait, defer) if defer is not None else wait
+
+
+class RateLimiter:
+    """Spaces sends at most ``rate`` per second (Slack: one message per second per channel)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            wait = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class ChannelWorker:
+    """Claims and sends the deliveries of one channel."""
+
+    def __init__(
+        self,
+        name: str,
+        adapter: OutboundAdapter,
+        store: Store,
+        *,
+        policy: RetryPolicy,
+        templates: Templates,
+        phi: PhiLevel,
+        poll_interval: float = 0.5,
+        max_in_flight: int = 4,
+    ) -> None:
+        self.name = name
+        self.adapter = adapter
+        self.store = store
+        self.policy = policy
+        self.templates = templates
+        self.phi = phi
+        self.poll_interval = poll_interval
+        self.max_in_flight = max_in_flight
+        self.limiter = RateLimiter(adapter.rate_per_sec)
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await self.store.claim(self.name, now=time.time(), limit=self.max_in_flight)
+            except Exception as exc:  # boundary: a store hiccup must not end the worker
+                log.error("delivery.claim_failed", channel=self.name, error=type(exc).__name__)
+                claimed = []
+            if claimed:
+                results = await asyncio.gather(*(self.deliver(c) for c in claimed), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        # The store failed while recording; the delivery stays in flight until reclaimed.
+                        log.error("delivery.record_failed", channel=self.name, error=type(result).__name__)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            except TimeoutError:
+                pass
+
+    def post_for(self, claimed: ClaimedDelivery) -> Post:
+        title, summary, facts = compose(claimed.event, self.phi, self.templates)
+        return Post(
+            delivery_id=claimed.id,
+            channel=self.name,
+            event=redact(claimed.event, self.phi),
+            title=title,
+            summary=summary,
+            facts=facts,
+            thread_ref=claimed.thread_ref if self.adapter.supports_threads else None,
+            original_ref=claimed.original_ref if self.adapter.supports_update else None,
+        )
+
+    async def deliver(self, claimed: ClaimedDelivery) -> None:
+        """Send one claimed delivery and record what happened. Never raises."""
+        fields = {"channel": self.name, "event_id": claimed.event.id, "delivery_id": claimed.id, "attempt": claimed.attempts}
+        started = time.perf_counter()
+        try:
+            post = self.post_for(claimed)
+            payload = self.adapter.render(post)
+            await self.limiter.acquire()
+            result = await self.adapter.send(payload)
+        except Retryable as exc:
+            await self._retry(claimed, str(exc), exc.defer, fields)
+            return
+        except Permanent as exc:
+            await self._dead(claimed, str(exc), fields)
+            if exc.disable_channel:
+                count = await self.store.disable_channel(self.name, reason=str(exc))
+                log.error("delivery.channel_disabled", **fields, reason=str(exc), dead_letters=count)
+            return
+        except Exception as exc:  # boundary: an adapter bug is retried, then dead-lettered, with its type kept
+            log.exception("delivery.adapter_failed", **fields, error=type(exc).__name__)
+            await self._retry(claimed, f"internal error: {type(exc).__name__}", None, fields)
+            return
+        finally:
+            metrics.DELIVERY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        edits_original = post.original_ref is not None and claimed.event.lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL)
+        thread_root = self.adapter.supports_threads and post.thread_ref is None and not edits_original
+        await self.store.mark_delivered(claimed.id, external_id=result.external_id, thread_root=thread_root)
+        await self.store.audit("disclosed", channel=self.name, event_id=claimed.event.id, detail=f"phi={self.phi.value}")
+        metrics.DELIVERIES.labels(self.name, "delivered").inc()
+        log.info("delivery.delivered", **fields, outcome="delivered", external_id=result.external_id)
+
+    async def _retry(self, claimed: ClaimedDelivery, error: str, defer: float | None, fields: dict[str, object]) -> None:
+        if self.policy.exhausted(claimed.attempts):
+            await self._dead(claimed, f"attempts exhausted: {error}", fields)
+            return
+        delay = self.policy.delay(claimed.attempts, defer=defer)
+        await self.store.mark_retry(claimed.id, next_attempt_at=time.time() + delay, error=error)
+        metrics.DELIVERIES.labels(self.name, "retry").inc()
+        log.warning("delivery.retry", **fields, outcome="retry", retry_in=round(delay, 3), error=error)
+
+    async def _dead(self, claimed: ClaimedDelivery, error: str, fields: dict[str, object]) -> None:
+        await self.store.mark_dead(claimed.id, error=error)
+        await self.store.audit("delivery.dead", channel=self.name, event_id=claimed.event.id, detail=error[:200])
+        metrics.DELIVERIES.labels(self.name, "dead").inc()
+        log.error("delivery.dead", **fields, outcome="dead", error=error)
+
+
+class Dispatcher:
+    """Runs one worker per channel and wakes them when intake commits."""
+
+    def __init__(self, workers: dict[str, ChannelWorker]) -> None:
+        self.workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self, channels: Iterable[str]) -> None:
+        for name in channels:
+            worker = self.workers.get(name)
+            if worker is not None:
+                worker.wake()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(w.run(), name=f"delivery:{n}") for n, w in self.workers.items()]
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

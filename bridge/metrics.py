@@ -1,0 +1,24 @@
+"""Prometheus metrics: counts and latencies labelled by identifiers, never by content."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+__all__ = ["ACK_SECONDS", "DELIVERIES", "DELIVERY_SECONDS", "MESSAGES"]
+
+#: Inbound HL7 messages by listener and outcome (accepted, duplicate, unmapped, rejected, store_failed).
+MESSAGES = Counter("ehr_bridge_messages_total", "Inbound HL7 messages", ["listener", "outcome"])
+
+#: Time from a payload's arrival at intake to its ACK being ready (after the durable commit).
+ACK_SECONDS = Histogram(
+    "ehr_bridge_ack_seconds",
+    "Intake time to ACK, commit included",
+    ["listener"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+#: Delivery attempts by channel and outcome (delivered, retry, dead).
+DELIVERIES = Counter("ehr_bridge_deliveries_total", "Delivery attempts", ["channel", "outcome"])
+
+#: Time a send to a channel took.
+DELIVERY_SECONDS = Histogram("ehr_bridge_delivery_seconds", "Outbound send duration", ["channel"])

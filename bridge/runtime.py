@@ -1,0 +1,137 @@
+"""The composition root: builds the store, mapper, router, adapters, workers and listeners from Settings.
+
+Adapters come from :mod:`bridge.registry` by name. Start order matters for
+the guarantees: the store opens and reclaims deliveries left in flight by a
+crash before any listener accepts a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from bridge import registry
+from bridge.channels import AdapterContext, OutboundAdapter, adapter_class
+from bridge.compose import Templates
+from bridge.config import ListenerConfig, Settings
+from bridge.delivery import ChannelWorker, Dispatcher, RetryPolicy
+from bridge.errors import FramingError
+from bridge.intake import Intake, RawMessage
+from bridge.mapping import Mapper, MappingOptions
+from bridge.routing import Router
+from bridge.store.sqlite import SQLiteStore
+
+__all__ = ["ListenerHandler", "Runtime"]
+
+log = structlog.get_logger(__name__)
+
+
+class _Server(Protocol):
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ListenerHandler:
+    """Connects one MLLP listener to intake: a frame in, the ACK bytes out."""
+
+    def __init__(self, intake: Intake, listener: str) -> None:
+        self.intake = intake
+        self.listener = listener
+
+    async def on_frame(self, payload: bytes, peer: str) -> bytes | None:
+        receipt = await self.intake.accept(RawMessage(self.listener, payload, "mllp", peer))
+        return receipt.ack
+
+    async def on_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
+        error = FramingError(f"frame of {size} bytes exceeds the listener's limit", code=100)
+        receipt = await self.intake.reject(RawMessage(self.listener, head, "mllp", peer), error)
+        return receipt.ack
+
+
+class Runtime:
+    """Everything a running bridge holds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SQLiteStore(settings.store.path)
+        self.mapper = Mapper.load(
+            MappingOptions(
+                critical_flags=frozenset(settings.mapping.critical_flags),
+                extra_paths=tuple(settings.mapping.extra_paths),
+            )
+        )
+        self.templates = Templates.load()
+        self.router = Router.from_config(settings.routes)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+        self.adapters: dict[str, OutboundAdapter] = {}
+        for name, cfg in settings.channels.items():
+            cls = adapter_class(cfg.type, path=f"channels.{name}.type")
+            self.adapters[name] = cls(cfg, AdapterContext(name=name, http=self.http, store=self.store))  # type: ignore[call-arg]
+        workers = {
+            name: ChannelWorker(
+                name,
+                adapter,
+                self.store,
+                policy=RetryPolicy.from_config(settings.delivery, max_attempts=settings.channels[name].max_attempts),
+                templates=self.templates,
+                phi=settings.channels[name].phi,
+                poll_interval=settings.delivery.poll_interval,
+                max_in_flight=settings.delivery.max_in_flight,
+            )
+            for name, adapter in self.adapters.items()
+        }
+        self.dispatcher = Dispatcher(workers)
+        self.intake = Intake(settings, self.store, self.mapper, self.router, on_commit=self.dispatcher.wake)
+        self.servers: dict[str, _Server] = {}
+        self.started = False
+
+    async def start(self, *, listeners: bool = True) -> None:
+        await self.store.open()
+        reclaimed = await self.store.reclaim_in_flight()
+        if reclaimed:
+            log.warning("runtime.reclaimed_in_flight", deliveries=reclaimed)
+        self.dispatcher.start()
+        if listeners:
+            factory = registry.load(registry.INBOUND, "mllp")
+            for cfg in self.settings.listeners:
+                if cfg.port is None:
+                    continue
+                server: _Server = factory(cfg, ListenerHandler(self.intake, cfg.name))
+                await server.start()
+                self.servers[cfg.name] = server
+                log.info("runtime.listening", listener=cfg.name, transport="mllp", port=server.port)
+        self.started = True
+
+    def mllp_port(self, listener: str) -> int:
+        return self.servers[listener].port
+
+    async def stop(self) -> None:
+        for server in self.servers.values():
+            await server.stop()
+        self.servers.clear()
+        await self.dispatcher.stop()
+        await asyncio.gather(*(a.aclose() for a in self.adapters.values()), return_exceptions=True)
+        await self.http.aclose()
+        await self.store.close()
+        self.started = False
+
+    def http_routers(self) -> list[Any]:
+        """Routers of inbound HTTP adapters and of outbound adapters that serve pages (the inbox)."""
+        build = registry.load(registry.INBOUND, "hl7_http")
+        routers = [build(self.intake, max_body_bytes=self.settings.http.max_body_bytes)]
+        seen: set[type] = set()
+        for adapter in self.adapters.values():
+            make = getattr(adapter, "router", None)
+            if make is not None and type(adapter) not in seen:
+                seen.add(type(adapter))
+                routers.append(make())
+        return routers
+
+    def listener_config(self, name: str) -> ListenerConfig | None:
+        return self.settings.listener(name)
