@@ -1,0 +1,473 @@
+"""Slack Web API adapter: pure rendering and the mapping of Slack answers (adapters/outbound/slack.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pydantic
+import pytest
+import respx
+from structlog.testing import capture_logs
+
+from adapters.outbound.slack import SlackAdapter, SlackCall, SlackConfig
+from bridge.channels import AdapterContext, OutboundAdapter, Post
+from bridge.errors import Permanent, Retryable
+from bridge.events import (
+    ClinicalEvent,
+    Encounter,
+    EventType,
+    Identifier,
+    Lifecycle,
+    Location,
+    Patient,
+    Severity,
+)
+
+TOKEN = "xoxb-0000000000-1111111111-SyntheticTestTokenValue"
+BASE = "https://slack.test/api"
+CHANNEL = "C0SYNTH01"
+#: Built once: loading the CA bundle for every test's client is most of the suite's time.
+TLS = ssl.create_default_context()
+
+
+def _event(
+    *,
+    lifecycle: Lifecycle = Lifecycle.NEW,
+    severity: Severity = Severity.CRITICAL,
+    type_: EventType = EventType.RESULT_CRITICAL,
+) -> ClinicalEvent:
+    return ClinicalEvent(
+        id="evt-0001",
+        type=type_,
+        severity=severity,
+        occurred_at=datetime(2025, 3, 4, 12, 0, tzinfo=UTC),
+        source="urn:ehr-bridge:test",
+        patient=Patient(
+            mrn=Identifier(value="MRN0001", authority="HOSP"),
+            family="Testpatient",
+            given="Alpha",
+            birth_date="1970-01-01",
+            sex="F",
+        ),
+        encounter=Encounter(visit_number="V0001", location=Location(facility="HOSP", unit="ICU", bed="3")),
+        thread_key="HOSP|V0001",
+        dedup_key="HOSP|LAB|0001",
+        lifecycle=lifecycle,
+    )
+
+
+def _post(
+    *,
+    lifecycle: Lifecycle = Lifecycle.NEW,
+    severity: Severity = Severity.CRITICAL,
+    title: str = "Critical result",
+    summary: str = "Potassium 6.9 mmol/L (HH)",
+    facts: tuple[tuple[str, str], ...] = (("Patient", "A. T."), ("Location", "ICU/3")),
+    thread_ref: str | None = None,
+    original_ref: str | None = None,
+) -> Post:
+    return Post(
+        delivery_id="dlv-0001",
+        channel="icu-slack",
+        event=_event(lifecycle=lifecycle, severity=severity),
+        title=title,
+        summary=summary,
+        facts=facts,
+        thread_ref=thread_ref,
+        original_ref=original_ref,
+    )
+
+
+def _config(**overrides: Any) -> SlackConfig:
+    values: dict[str, Any] = {"type": "slack", "token": TOKEN, "channel": CHANNEL, "base_url": BASE}
+    values.update(overrides)
+    return SlackConfig.model_validate(values)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(verify=TLS) as shared:
+        yield shared
+
+
+@pytest.fixture
+def adapter(client: httpx.AsyncClient) -> SlackAdapter:
+    return SlackAdapter(_config(), AdapterContext(name="icu-slack", http=client, store=None))
+
+
+def _block_texts(blocks: list[dict[str, Any]]) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+# --- render (pure) ---------------------------------------------------------------------------------
+
+
+def test_new_event_renders_post_message_snapshot(adapter: SlackAdapter) -> None:
+    assert adapter.render(_post()) == SlackCall(
+        "chat.postMessage",
+        {
+            "channel": CHANNEL,
+            "text": "Critical result: Potassium 6.9 mmol/L (HH)",
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": "Critical result"}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": "Potassium 6.9 mmol/L (HH)"}},
+                {
+                    "type": "section",
+                    "fields": [
+                        {"type": "mrkdwn", "text": "*Patient*\nA. T."},
+                        {"type": "mrkdwn", "text": "*Location*\nICU/3"},
+                    ],
+                },
+                {
+                    "type": "context",
+                    "elements": [
+                        {"type": "mrkdwn", "text": ":rotating_light: *critical* · `result.critical`"}
+                    ],
+                },
+            ],
+            "unfurl_links": False,
+            "unfurl_media": False,
+        },
+    )
+
+
+def test_render_is_deterministic(adapter: SlackAdapter) -> None:
+    post = _post(thread_ref="1700000000.000100")
+    assert adapter.render(post) == adapter.render(post)
+
+
+@pytest.mark.parametrize(
+    ("severity", "broadcast"),
+    [(Severity.CRITICAL, True), (Severity.NOTICE, None), (Severity.WARNING, None)],
+)
+def test_thread_ref_becomes_thread_ts_and_only_critical_replies_are_broadcast(
+    adapter: SlackAdapter, severity: Severity, broadcast: bool | None
+) -> None:
+    call = adapter.render(_post(severity=severity, thread_ref="1700000000.000100"))
+    assert call.method == "chat.postMessage"
+    assert call.body["thread_ts"] == "1700000000.000100"
+    assert call.body.get("reply_broadcast") is broadcast
+
+
+def test_without_thread_ref_the_post_is_top_level(adapter: SlackAdapter) -> None:
+    body = adapter.render(_post()).body
+    assert "thread_ts" not in body
+    assert "reply_broadcast" not in body
+
+
+def test_correction_updates_the_original_post_and_says_corrected(adapter: SlackAdapter) -> None:
+    call = adapter.render(
+        _post(lifecycle=Lifecycle.CORRECT, thread_ref="1700000000.000100", original_ref="1700000000.000200")
+    )
+    assert call.method == "chat.update"
+    assert set(call.body) == {"channel", "ts", "text", "blocks"}
+    assert call.body["channel"] == CHANNEL
+    assert call.body["ts"] == "1700000000.000200"
+    assert call.body["text"] == "Corrected: Critical result: Potassium 6.9 mmol/L (HH)"
+    assert call.body["blocks"][1] == {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": ":pencil2: *Corrected*"}],
+    }
+
+
+def test_cancellation_strikes_the_original_post_and_says_cancelled(adapter: SlackAdapter) -> None:
+    call = adapter.render(
+        _post(
+            lifecycle=Lifecycle.CANCEL,
+            title="Admitted",
+            summary="ICU bed 3\nattending Dr Test",
+            facts=(("Unit", "ICU"),),
+            original_ref="1700000000.000200",
+        )
+    )
+    assert call.method == "chat.update"
+    assert call.body["ts"] == "1700000000.000200"
+    assert call.body["text"] == "Cancelled: ~Admitted: ICU bed 3~\n~attending Dr Test~"
+    assert call.body["blocks"][:4] == [
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": ":no_entry_sign: *Cancelled*"}]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "~Admitted~"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "~ICU bed 3~\n~attending Dr Test~"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Unit*\n~ICU~"}]},
+    ]
+    assert not any(block["type"] == "header" for block in call.body["blocks"])
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "label"), [(Lifecycle.CORRECT, "Corrected"), (Lifecycle.CANCEL, "Cancelled")]
+)
+def test_correction_or_cancellation_without_original_is_a_new_reply_in_the_thread(
+    adapter: SlackAdapter, lifecycle: Lifecycle, label: str
+) -> None:
+    call = adapter.render(_post(lifecycle=lifecycle, thread_ref="1700000000.000100"))
+    assert call.method == "chat.postMessage"
+    assert call.body["thread_ts"] == "1700000000.000100"
+    assert call.body["text"].startswith(f"{label}: ")
+    assert "~" not in call.body["text"]
+    assert f"*{label}*" in _block_texts(call.body["blocks"])
+
+
+def test_mrkdwn_control_characters_are_escaped_so_text_cannot_ping_the_channel(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(summary="<!channel> K > 6 & rising", facts=(("<@U123>", "<http://x|y>"),)))
+    rendered = call.body["text"] + _block_texts(call.body["blocks"])
+    assert "<" not in rendered
+    assert ">" not in rendered
+    assert "&lt;!channel&gt; K &gt; 6 &amp; rising" in call.body["text"]
+
+
+def test_long_summary_is_cut_to_the_section_limit_with_an_ellipsis(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(summary="x" * 2990 + "&" * 20))
+    section = call.body["blocks"][1]["text"]["text"]
+    assert len(section) <= 3000
+    # Cut between entities, never inside one ("&am…" would show as garbage).
+    assert re.fullmatch(r"x{2990}(&amp;)*…", section)
+
+
+def test_long_text_is_cut_to_max_text(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(summary="y" * 50_000))
+    assert len(call.body["text"]) == SlackAdapter.max_text
+    assert call.body["text"].endswith("…")
+
+
+def test_struck_long_summary_stays_within_the_section_limit(adapter: SlackAdapter) -> None:
+    call = adapter.render(
+        _post(lifecycle=Lifecycle.CANCEL, summary="z" * 5000, original_ref="1700000000.000200")
+    )
+    section = call.body["blocks"][2]["text"]["text"]
+    assert len(section) <= 3000
+    assert section.startswith("~") and section.endswith("…~")
+
+
+def test_long_title_is_cut_to_the_header_limit(adapter: SlackAdapter) -> None:
+    header = adapter.render(_post(title="T" * 400)).body["blocks"][0]
+    assert header["type"] == "header"
+    assert len(header["text"]["text"]) == 150
+
+
+def test_many_facts_fit_in_fifty_blocks_ten_fields_each(adapter: SlackAdapter) -> None:
+    facts = tuple((f"k{i}", f"v{i}") for i in range(1000))
+    blocks = adapter.render(_post(facts=facts)).body["blocks"]
+    assert len(blocks) == 50
+    assert all(len(block.get("fields", ())) <= 10 for block in blocks)
+    assert blocks[-1]["type"] == "context"
+    assert blocks[-2]["fields"][-1] == {"type": "mrkdwn", "text": "…"}
+
+
+def test_empty_summary_renders_no_empty_section(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(summary="", facts=()))
+    assert call.body["text"] == "Critical result"
+    assert [block["type"] for block in call.body["blocks"]] == ["header", "context"]
+
+
+def test_unfurl_follows_config(client: httpx.AsyncClient) -> None:
+    adapter = SlackAdapter(_config(unfurl=True), AdapterContext(name="icu-slack", http=client, store=None))
+    body = adapter.render(_post()).body
+    assert body["unfurl_links"] is True
+    assert body["unfurl_media"] is True
+
+
+# --- send ------------------------------------------------------------------------------------------
+
+
+async def test_post_message_sends_bearer_json_and_returns_ts(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(f"{BASE}/chat.postMessage").respond(
+        200, json={"ok": True, "channel": CHANNEL, "ts": "1700000000.000300", "message": {}}
+    )
+    call = adapter.render(_post())
+    result = await adapter.send(call)
+    assert result.external_id == "1700000000.000300"
+    sent = route.calls.last.request
+    assert sent.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert sent.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(sent.content) == call.body
+
+
+async def test_update_returns_the_original_ts(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(f"{BASE}/chat.update").respond(
+        200, json={"ok": True, "channel": CHANNEL, "ts": "1700000000.000200"}
+    )
+    call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref="1700000000.000200"))
+    assert (await adapter.send(call)).external_id == "1700000000.000200"
+
+
+async def test_reply_in_a_living_thread_logs_nothing(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(
+        200,
+        json={"ok": True, "ts": "1700000000.000300", "message": {"thread_ts": "1700000000.000100"}},
+    )
+    with capture_logs() as logs:
+        await adapter.send(adapter.render(_post(thread_ref="1700000000.000100")))
+    assert logs == []
+
+
+async def test_reply_to_a_deleted_parent_is_success_but_logs_thread_lost(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(
+        200, json={"ok": True, "ts": "1700000000.000300", "message": {"text": "x"}}
+    )
+    with capture_logs() as logs:
+        result = await adapter.send(adapter.render(_post(thread_ref="1700000000.000100")))
+    assert result.external_id == "1700000000.000300"
+    assert [entry["event"] for entry in logs] == ["slack.thread_lost"]
+    assert logs[0]["channel"] == "icu-slack"
+
+
+async def test_http_429_is_retryable_after_retry_after(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(
+        429, headers={"Retry-After": "7"}, json={"ok": False, "error": "ratelimited"}
+    )
+    with pytest.raises(Retryable) as caught:
+        await adapter.send(adapter.render(_post()))
+    assert caught.value.defer == 7
+
+
+@pytest.mark.parametrize(
+    ("error", "disable"),
+    [
+        ("channel_not_found", True),
+        ("not_in_channel", True),
+        ("is_archived", True),
+        ("invalid_auth", True),
+        ("token_revoked", True),
+        ("account_inactive", True),
+        ("missing_scope", True),
+        ("not_authed", True),
+        ("msg_too_long", False),
+        ("no_text", False),
+        ("invalid_blocks", False),
+        ("message_not_found", False),
+        ("cant_update_message", False),
+        ("edit_window_closed", False),
+        ("something_new_from_slack", False),
+    ],
+)
+async def test_ok_false_errors_are_permanent_and_channel_errors_disable_the_channel(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter, error: str, disable: bool
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(200, json={"ok": False, "error": error})
+    with pytest.raises(Permanent) as caught:
+        await adapter.send(adapter.render(_post()))
+    assert caught.value.disable_channel is disable
+    assert error in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+    ],
+)
+async def test_ok_false_transient_errors_are_retryable(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter, error: str
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(
+        200, headers={"Retry-After": "3"}, json={"ok": False, "error": error}
+    )
+    with pytest.raises(Retryable) as caught:
+        await adapter.send(adapter.render(_post()))
+    assert caught.value.defer == 3
+
+
+async def test_error_code_from_slack_is_not_echoed_unless_it_looks_like_one(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(
+        200, json={"ok": False, "error": "Testpatient^Alpha MRN0001"}
+    )
+    with pytest.raises(Permanent) as caught:
+        await adapter.send(adapter.render(_post()))
+    assert "Testpatient" not in str(caught.value)
+    assert "unknown" in str(caught.value)
+
+
+async def test_http_500_is_retryable(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(500)
+    with pytest.raises(Retryable):
+        await adapter.send(adapter.render(_post()))
+
+
+async def test_timeout_is_retryable(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=httpx.ReadTimeout("timed out"))
+    with pytest.raises(Retryable):
+        await adapter.send(adapter.render(_post()))
+
+
+async def test_non_json_200_from_a_proxy_is_retryable(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(200, text="<html>proxy</html>")
+    with pytest.raises(Retryable):
+        await adapter.send(adapter.render(_post()))
+
+
+async def test_ok_without_ts_is_success_without_external_id(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(200, json={"ok": True})
+    with capture_logs() as logs:
+        result = await adapter.send(adapter.render(_post()))
+    assert result.external_id is None
+    assert [entry["event"] for entry in logs] == ["slack.ts_missing"]
+
+
+async def test_aclose_leaves_the_shared_client_open(adapter: SlackAdapter, client: httpx.AsyncClient) -> None:
+    await adapter.aclose()
+    assert not client.is_closed
+
+
+# --- config and secrets ----------------------------------------------------------------------------
+
+
+def test_adapter_satisfies_the_outbound_contract(adapter: SlackAdapter) -> None:
+    assert isinstance(adapter, OutboundAdapter)
+    assert SlackAdapter.config_model is SlackConfig
+    assert (SlackAdapter.max_text, SlackAdapter.rate_per_sec) == (40_000, 1.0)
+    assert SlackAdapter.supports_threads and SlackAdapter.supports_update
+
+
+def test_token_never_appears_in_repr_or_str(adapter: SlackAdapter) -> None:
+    config = _config()
+    for shown in (repr(config), str(config), repr(adapter), str(adapter), config.model_dump_json()):
+        assert TOKEN not in shown
+        assert "SyntheticTestTokenValue" not in shown
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"token": "xoxp-user-token"},
+        {"token": "not-a-token"},
+        {"channel": "#icu"},
+        {"channel": "icu"},
+        {"base_url": "slack.com/api"},
+        {"type": "webhook"},
+        {"timeout": 0},
+        {"unknown": 1},
+    ],
+)
+def test_invalid_config_is_rejected(overrides: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        _config(**overrides)
+
+
+def test_base_url_trailing_slash_is_dropped() -> None:
+    assert _config(base_url="https://proxy.hosp.example/slack/api/").base_url == (
+        "https://proxy.hosp.example/slack/api"
+    )
