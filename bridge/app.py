@@ -53,7 +53,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
                 problems.append(f"store: {type(exc).__name__}")
             if not runtime.dispatcher.running:
                 problems.append("delivery workers not running")
-            missing = [c.name for c in runtime.settings.listeners if c.port is not None and c.name not in runtime.servers]
+            missing = [
+                c.name for c in runtime.settings.listeners if c.port is not None and c.name not in runtime.servers
+            ]
             if missing:
                 problems.append(f"listeners not bound: {', '.join(missing)}")
         body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "problems": problems}

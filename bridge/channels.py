@@ -13,11 +13,11 @@ their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge import registry
 from bridge.events import ClinicalEvent
@@ -33,7 +33,8 @@ __all__ = [
     "adapter_names",
 ]
 
-class PhiLevel(str, Enum):
+
+class PhiLevel(StrEnum):
     """How much protected health information a channel may show (HIPAA minimum necessary)."""
 
     #: No patient identifiers at all: event type, unit, severity, a reference to look it up.
@@ -52,7 +53,7 @@ class ChannelConfig(BaseModel):
     type: str
     phi: PhiLevel = PhiLevel.LIMITED
     #: Upper bound of delivery attempts before the delivery is dead (overrides the global value).
-    max_attempts: int | None = None
+    max_attempts: int | None = Field(None, ge=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="ehr-bridge: 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: deliveries that gave up.")
 app.add_typer(dlq_app, name="dlq")
 
+
+
+@app.callback()
+def _logging() -> None:
+    """Logs go to stderr (stdout carries command output); ``serve`` reconfigures from its settings."""
+    from bridge.logs import configure
+
+    configure("warning", "console")
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config YAML (default: $EHR_BRIDGE_CONFIG, else embedded defaults)."),
@@ -125,12 +135,19 @@ def map_(files: list[Path], config: ConfigOption = None) -> None:
     for path in files:
         for n, payload in enumerate(split_messages(path.read_bytes()), start=1):
             try:
-                message = parse(payload, fallback=settings.listeners[0].charset_fallback if settings.listeners else "iso-8859-1")
+                message = parse(
+                    payload,
+                    fallback=settings.listeners[0].charset_fallback if settings.listeners else "iso-8859-1",
+                )
             except ParseError as exc:
                 out.append({"file": str(path), "message": n, "error": f"{exc.code} {exc}"})
                 continue
             events = mapper.map_hl7(
-                message, message_id=f"map-{n}", source="urn:ehr-bridge:map", received_at=now, origin={"file": path.name}
+                message,
+                message_id=f"map-{n}",
+                source="urn:ehr-bridge:map",
+                received_at=now,
+                origin={"file": path.name},
             )
             out.append({"file": str(path), "message": n, "events": [e.model_dump(mode="json") for e in events]})
     json.dump(out, sys.stdout, indent=2, ensure_ascii=False)

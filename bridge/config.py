@@ -174,6 +174,9 @@ class Settings(_Section):
         channels = data.get("channels")
         if channels is None:
             channels = _default_channels()
+        elif "routes" not in data:
+            # The default route targets the default inbox; with channels of your own, routes are yours too.
+            data = {**data, "routes": []}
         if not isinstance(channels, dict):
             raise ConfigError("must be a mapping of channel name to settings", path="channels")
         built: dict[str, ChannelConfig] = {}
@@ -203,7 +206,8 @@ class Settings(_Section):
                 key = (listener.host, listener.port)
                 if key in ports:
                     raise ConfigError(
-                        f"port {listener.port} already used by listeners[{ports[key]}]", path=f"listeners[{i}].port"
+                        f"port {listener.port} already used by listeners[{ports[key]}]",
+                        path=f"listeners[{i}].port",
                     )
                 ports[key] = i
         for i, route in enumerate(self.routes):
@@ -211,7 +215,8 @@ class Settings(_Section):
                 if channel not in self.channels:
                     known = ", ".join(sorted(self.channels)) or "none"
                     raise ConfigError(
-                        f"unknown channel {channel!r} (configured: {known})", path=f"routes[{i}].channels[{j}]"
+                        f"unknown channel {channel!r} (configured: {known})",
+                        path=f"routes[{i}].channels[{j}]",
                     )
         return self
 

@@ -10,6 +10,7 @@ different threads go in parallel, up to ``max_in_flight`` per channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -55,7 +56,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, *, defer: float | None = None, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.initial * self.multiplier ** max(0, attempt - 1))
+        try:
+            base = min(self.max_delay, self.initial * self.multiplier ** max(0, attempt - 1))
+        except OverflowError:
+            # ~1000+ attempts (a week of retries at the cap) overflow the power; the cap applies there.
+            base = self.max_delay
         wait = base * (1.0 - self.jitter * rand())
         return max(wait, defer) if defer is not None else wait
 
@@ -128,10 +133,8 @@ class ChannelWorker:
                         # The store failed while recording; the delivery stays in flight until reclaimed.
                         log.error("delivery.record_failed", channel=self.name, error=type(result).__name__)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
-            except TimeoutError:
-                pass
 
     def post_for(self, claimed: ClaimedDelivery) -> Post:
         title, summary, facts = compose(claimed.event, self.phi, self.templates)
@@ -147,8 +150,13 @@ class ChannelWorker:
         )
 
     async def deliver(self, claimed: ClaimedDelivery) -> None:
-        """Send one claimed delivery and record what happened. Never raises."""
-        fields = {"channel": self.name, "event_id": claimed.event.id, "delivery_id": claimed.id, "attempt": claimed.attempts}
+        """Send one claimed delivery and record what happened. Only a store failure while recording escapes."""
+        fields = {
+            "channel": self.name,
+            "event_id": claimed.event.id,
+            "delivery_id": claimed.id,
+            "attempt": claimed.attempts,
+        }
         started = time.perf_counter()
         try:
             post = self.post_for(claimed)
@@ -170,14 +178,21 @@ class ChannelWorker:
             return
         finally:
             metrics.DELIVERY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-        edits_original = post.original_ref is not None and claimed.event.lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL)
+        edits_original = post.original_ref is not None and claimed.event.lifecycle in (
+            Lifecycle.CORRECT,
+            Lifecycle.CANCEL,
+        )
         thread_root = self.adapter.supports_threads and post.thread_ref is None and not edits_original
         await self.store.mark_delivered(claimed.id, external_id=result.external_id, thread_root=thread_root)
-        await self.store.audit("disclosed", channel=self.name, event_id=claimed.event.id, detail=f"phi={self.phi.value}")
+        await self.store.audit(
+            "disclosed", channel=self.name, event_id=claimed.event.id, detail=f"phi={self.phi.value}"
+        )
         metrics.DELIVERIES.labels(self.name, "delivered").inc()
         log.info("delivery.delivered", **fields, outcome="delivered", external_id=result.external_id)
 
-    async def _retry(self, claimed: ClaimedDelivery, error: str, defer: float | None, fields: dict[str, object]) -> None:
+    async def _retry(
+        self, claimed: ClaimedDelivery, error: str, defer: float | None, fields: dict[str, object]
+    ) -> None:
         if self.policy.exhausted(claimed.attempts):
             await self._dead(claimed, f"attempts exhausted: {error}", fields)
             return

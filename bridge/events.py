@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +34,7 @@ __all__ = [
 SCHEMA_VERSION = "1"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     """The event catalogue. Names are ``noun.past_participle``."""
 
     #: ADT^A01: inpatient admitted.
@@ -67,7 +67,7 @@ class EventType(str, Enum):
     ORDER_CANCELLED = "order.cancelled"
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """How urgent an event is. Ordered: ``info < notice < warning < critical``."""
 
     #: Routine information, fine for a digest.
@@ -90,7 +90,7 @@ class Severity(str, Enum):
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.NOTICE: 1, Severity.WARNING: 2, Severity.CRITICAL: 3}
 
 
-class Lifecycle(str, Enum):
+class Lifecycle(StrEnum):
     """What an event does to what was posted before in its thread."""
 
     #: A new fact: a new post.

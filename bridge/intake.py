@@ -19,7 +19,16 @@ import structlog
 from bridge import metrics
 from bridge.config import ListenerConfig, Settings
 from bridge.errors import HL7Error, ParseError, StoreError, ValidationError
-from bridge.hl7 import AckCode, Message, build_ack, build_nak_from_bytes, new_control_id, parse, split_messages
+from bridge.hl7 import (
+    AckCode,
+    Message,
+    build_ack,
+    build_nak_from_bytes,
+    new_control_id,
+    parse,
+    split_messages,
+)
+from bridge.hl7.header import REJECT_CODES, check_header
 from bridge.hl7.validation import validate_strict
 from bridge.mapping import Mapper
 from bridge.routing import Router
@@ -110,7 +119,11 @@ class Intake:
         """Journal ``raw`` as rejected and answer with the best NAK its bytes allow."""
         now = datetime.now(UTC)
         ack = build_nak_from_bytes(
-            raw.payload, "reject" if outcome == "reject" else "error", control_id=new_control_id(), now=now, error=error
+            raw.payload,
+            "reject" if outcome == "reject" else "error",
+            control_id=new_control_id(),
+            now=now,
+            error=error,
         )
         code = _msa1(ack)
         await self._journal_rejection(raw, raw.payload, error, code, message=None)
@@ -128,16 +141,22 @@ class Intake:
             return ack, code, ""
         control_id = message.control_id
         try:
+            check_header(message)
             if cfg.validation == "strict":
                 validate_strict(message)
             return await self._commit(raw, payload, message, now)
         except ValidationError as exc:
-            return await self._nak(raw, payload, message, "error", exc, now)
+            return await self._nak(raw, payload, message, "reject" if exc.code in REJECT_CODES else "error", exc, now)
         except StoreError as exc:
             # Our problem, not the sender's: AR tells it to resend the unchanged message later.
             log.error("intake.store_failed", listener=raw.listener, control_id=control_id, error=str(exc))
-            ack = build_ack(message, "reject", control_id=new_control_id(), now=now, error=HL7Error(
-                "receiver could not store the message; resend later", code=207))
+            ack = build_ack(
+                message,
+                "reject",
+                control_id=new_control_id(),
+                now=now,
+                error=HL7Error("receiver could not store the message; resend later", code=207),
+            )
             metrics.MESSAGES.labels(raw.listener, "store_failed").inc()
             return ack, _msa1(ack), control_id
         except Exception as exc:  # boundary: a bug in mapping must become a NAK, never silence
@@ -145,7 +164,9 @@ class Intake:
             err = HL7Error(f"application internal error ({type(exc).__name__})", code=207)
             return await self._nak(raw, payload, message, "error", err, now)
 
-    async def _commit(self, raw: RawMessage, payload: bytes, message: Message, now: datetime) -> tuple[bytes, AckCode, str]:
+    async def _commit(
+        self, raw: RawMessage, payload: bytes, message: Message, now: datetime
+    ) -> tuple[bytes, AckCode, str]:
         message_id = new_id()
         received_at = now.timestamp()
         origin = {"listener": raw.listener, "control_id": message.control_id, "transport": raw.transport}
@@ -192,7 +213,13 @@ class Intake:
         return ack, code, message.control_id
 
     async def _nak(
-        self, raw: RawMessage, payload: bytes, message: Message, outcome: Outcome, error: HL7Error, now: datetime
+        self,
+        raw: RawMessage,
+        payload: bytes,
+        message: Message,
+        outcome: Outcome,
+        error: HL7Error,
+        now: datetime,
     ) -> tuple[bytes, AckCode, str]:
         ack = build_ack(message, outcome, control_id=new_control_id(), now=now, error=error)
         code = _msa1(ack)

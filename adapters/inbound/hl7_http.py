@@ -22,9 +22,7 @@ __all__ = ["ACCEPTED_TYPES", "STATUS_FOR_CODE", "build_router"]
 
 log = structlog.get_logger(__name__)
 
-ACCEPTED_TYPES = frozenset(
-    {"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7", "text/plain"}
-)
+ACCEPTED_TYPES = frozenset({"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7", "text/plain"})
 
 STATUS_FOR_CODE = {
     AckCode.AA: 200,
@@ -64,7 +62,9 @@ def build_router(intake: Intake, *, max_body_bytes: int) -> APIRouter:
             expected = cfg.http_token.get_secret_value().encode()
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
                 log.warning("hl7_http.unauthorized", listener=listener)
-                return _problem(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="ehr-bridge"'})
+                return _problem(
+                    401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="ehr-bridge"'}
+                )
         kind, charset = _media_type(request.headers.get("content-type", ""))
         if kind not in ACCEPTED_TYPES:
             accepted = ", ".join(sorted(ACCEPTED_TYPES))

@@ -439,9 +439,7 @@ class _Connection:
                 reply = await self._handler.on_frame(event.payload, self.peer)
             else:
                 nbytes = event.size
-                self._log.warning(
-                    "mllp.oversize", frame_bytes=event.size, limit=self._settings.max_frame_bytes
-                )
+                self._log.warning("mllp.oversize", frame_bytes=event.size, limit=self._settings.max_frame_bytes)
                 reply = await self._handler.on_oversize(event.head, event.size, self.peer)
         except Exception as exc:
             # Whatever the handler did is uncommitted as far as we know: no ACK, close, and let
@@ -457,9 +455,7 @@ class _Connection:
             async with asyncio.timeout(self._settings.idle_timeout):
                 await self._writer.drain()
         except TimeoutError:
-            self._log.warning(
-                "mllp.idle_timeout", waiting_for="ack_read", idle_timeout=self._settings.idle_timeout
-            )
+            self._log.warning("mllp.idle_timeout", waiting_for="ack_read", idle_timeout=self._settings.idle_timeout)
             return "idle_timeout"
         self._log.debug("mllp.frame", frame_bytes=nbytes, outcome="replied", reply_bytes=len(reply))
         return None
@@ -509,9 +505,7 @@ class MLLPClient:
             return
         try:
             async with asyncio.timeout(self._timeout):
-                self._reader, self._writer = await asyncio.open_connection(
-                    self._host, self._port, ssl=self._ssl
-                )
+                self._reader, self._writer = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
         except TimeoutError:
             raise
         except OSError as exc:

@@ -8,6 +8,7 @@ a second for items after the last one it has.
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from typing import Any, ClassVar, Literal
 
 from fastapi import APIRouter, Query
@@ -85,44 +86,4 @@ class InboxAdapter:
         return router
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ehr-bridge inbox</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d1d1f}
- header{background:#17324d;color:#fff;padding:.8rem 1.2rem}
- header h1{font-size:1.1rem;margin:0} header span{opacity:.7;font-size:.85rem}
- main{max-width:60rem;margin:1rem auto;padding:0 1rem}
- .item{background:#fff;border-left:5px solid #8a96a3;border-radius:4px;margin:.6rem 0;padding:.6rem .9rem;
-       box-shadow:0 1px 2px rgba(0,0,0,.08)}
- .critical{border-color:#c62828}.warning{border-color:#ef6c00}.notice{border-color:#1565c0}
- .meta{font-size:.8rem;color:#5f6b77}.title{font-weight:600}.cancel .title,.cancel .summary{text-decoration:line-through}
- dl{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .8rem;margin:.4rem 0 0;font-size:.9rem}
- dt{color:#5f6b77} dd{margin:0} #empty{color:#5f6b77}
-</style></head>
-<body><header><h1>ehr-bridge inbox</h1><span id="status">connecting…</span></header>
-<main><p id="empty">No events yet. Send one: <code>ehr-bridge send FILE</code></p><div id="feed"></div></main>
-<script>
-let last = 0;
-const feed = document.getElementById('feed');
-function el(tag, cls, text){const e=document.createElement(tag); if(cls) e.className=cls; if(text!==undefined) e.textContent=text; return e;}
-function show(it){
-  const box = el('div', 'item ' + it.severity + ' ' + it.lifecycle);
-  box.appendChild(el('div','meta', it.occurred_at + ' · ' + it.type + ' · ' + it.severity + (it.location ? ' · ' + it.location : '')));
-  box.appendChild(el('div','title', it.title));
-  if (it.summary) box.appendChild(el('div','summary', it.summary));
-  if (it.facts && it.facts.length){ const dl = el('dl');
-    for (const [k,v] of it.facts){ dl.appendChild(el('dt','',k)); dl.appendChild(el('dd','',v)); } box.appendChild(dl); }
-  feed.prepend(box); document.getElementById('empty').hidden = true;
-}
-async function poll(){
-  try{
-    const r = await fetch('api/inbox?after=' + last); const data = await r.json();
-    for (const it of data.items){ show(it); last = Math.max(last, it.id); }
-    document.getElementById('status').textContent = 'live · updated ' + new Date().toLocaleTimeString();
-  }catch(e){ document.getElementById('status').textContent = 'reconnecting…'; }
-  setTimeout(poll, 1000);
-}
-poll();
-</script></body></html>
-"""
+_PAGE = (resources.files(__package__) / "inbox.html").read_text(encoding="utf-8")

@@ -238,9 +238,7 @@ class SlackAdapter:
                 log.warning("slack.thread_lost", channel=self._name, thread_ts=sent_thread, ts=ts)
         return SendResult(external_id=ts)
 
-    def _raise_api_error(
-        self, method: str, error: object, response: httpx.Response, now: datetime
-    ) -> NoReturn:
+    def _raise_api_error(self, method: str, error: object, response: httpx.Response, now: datetime) -> NoReturn:
         code = error if isinstance(error, str) and re.fullmatch(r"[a-z0-9_]{1,64}", error) else "unknown"
         log.warning("slack.api_error", channel=self._name, method=method, error=code)
         message = f"slack {method}: {code}"

@@ -206,9 +206,9 @@ class WebhookAdapter:
 
     def render(self, post: Post) -> WebhookRequest:
         """The id and body for ``post``: compact JSON with sorted keys, byte-identical on every call."""
-        body = json.dumps(
-            post.event.to_cloudevent(), ensure_ascii=False, separators=(",", ":"), sort_keys=True
-        ).encode("utf-8")
+        body = json.dumps(post.event.to_cloudevent(), ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+            "utf-8"
+        )
         return WebhookRequest(webhook_id=post.delivery_id, body=body)
 
     async def send(self, payload: WebhookRequest) -> SendResult:

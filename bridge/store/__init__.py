@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 from bridge.events import ClinicalEvent
@@ -35,7 +35,7 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
 
 
-class MessageStatus(str, Enum):
+class MessageStatus(StrEnum):
     """Journal status of an inbound message."""
 
     #: Committed with its events (possibly none routed).
@@ -48,7 +48,7 @@ class MessageStatus(str, Enum):
     UNMAPPED = "unmapped"
 
 
-class EventStatus(str, Enum):
+class EventStatus(StrEnum):
     """What routing made of an event."""
 
     #: At least one channel gets it.
@@ -59,7 +59,7 @@ class EventStatus(str, Enum):
     DUPLICATE = "duplicate"
 
 
-class DeliveryStatus(str, Enum):
+class DeliveryStatus(StrEnum):
     """State of one event's delivery to one channel (the outbox)."""
 
     #: Waiting for its turn (``next_attempt_at``) and for earlier events of its thread.

@@ -195,6 +195,11 @@ class _Writer(threading.Thread):
                 except Exception as exc:  # one job's failure must not undo the others
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    if isinstance(exc, sqlite3.Error):
+                        # Callers (intake's AR answer) rely on StoreError for "not committed".
+                        failed = StoreError(f"write failed: {type(exc).__name__}: {exc}")
+                        failed.__cause__ = exc
+                        exc = failed
                     outcomes.append((job, None, exc))
                 else:
                     conn.execute("RELEASE job")
@@ -297,7 +302,7 @@ class SQLiteStore:
     ) -> CommitResult:
         def run(conn: sqlite3.Connection) -> CommitResult:
             since = entry.received_at - dedup_window
-            if entry.control_id and entry.status is not MessageStatus.REJECTED:
+            if dedup_window > 0 and entry.control_id and entry.status is not MessageStatus.REJECTED:
                 seen = conn.execute(
                     "SELECT 1 FROM journal WHERE control_id=? AND sending_application=? AND sending_facility=?"
                     " AND status IN (?, ?) AND received_at >= ? LIMIT 1",
@@ -317,10 +322,13 @@ class SQLiteStore:
             disabled = dict(conn.execute("SELECT channel, reason FROM channel_state").fetchall())
             created: list[str] = []
             for event, deliveries in events:
-                dup = conn.execute(
-                    "SELECT 1 FROM events WHERE dedup_key=? AND created_at >= ? AND status != ? LIMIT 1",
-                    (event.dedup_key, since, EventStatus.DUPLICATE.value),
-                ).fetchone()
+                dup = (
+                    dedup_window > 0
+                    and conn.execute(
+                        "SELECT 1 FROM events WHERE dedup_key=? AND created_at >= ? AND status != ? LIMIT 1",
+                        (event.dedup_key, since, EventStatus.DUPLICATE.value),
+                    ).fetchone()
+                )
                 if dup:
                     status, deliveries = EventStatus.DUPLICATE, []
                 elif deliveries:
@@ -425,10 +433,18 @@ class SQLiteStore:
         await self._write(run)
 
     async def mark_retry(self, delivery_id: str, *, next_attempt_at: float, error: str) -> None:
+        # Only from in flight: a send under way when its channel was disabled must stay dead.
         await self._write(
             lambda c: c.execute(
-                "UPDATE deliveries SET status=?, next_attempt_at=?, last_error=?, updated_at=? WHERE id=?",
-                (DeliveryStatus.PENDING.value, next_attempt_at, error, time.time(), delivery_id),
+                "UPDATE deliveries SET status=?, next_attempt_at=?, last_error=?, updated_at=? WHERE id=? AND status=?",
+                (
+                    DeliveryStatus.PENDING.value,
+                    next_attempt_at,
+                    error,
+                    time.time(),
+                    delivery_id,
+                    DeliveryStatus.IN_FLIGHT.value,
+                ),
             )
         )
 
@@ -477,9 +493,7 @@ class SQLiteStore:
                 " ORDER BY d.updated_at DESC LIMIT ?",
                 (DeliveryStatus.DEAD.value, limit),
             ).fetchall()
-            return [
-                DeliveryRow(r[0], r[1], r[2], r[3], DeliveryStatus(r[4]), r[5], r[6], r[7]) for r in rows
-            ]
+            return [DeliveryRow(r[0], r[1], r[2], r[3], DeliveryStatus(r[4]), r[5], r[6], r[7]) for r in rows]
 
         return await self._read(run)
 
@@ -568,7 +582,9 @@ def _insert_journal(conn: sqlite3.Connection, e: JournalEntry) -> None:
     )
 
 
-def _insert_audit(conn: sqlite3.Connection, action: str, *, channel: str = "", event_id: str = "", detail: str = "") -> None:
+def _insert_audit(
+    conn: sqlite3.Connection, action: str, *, channel: str = "", event_id: str = "", detail: str = ""
+) -> None:
     conn.execute(
         "INSERT INTO audit (at, action, channel, event_id, detail) VALUES (?,?,?,?,?)",
         (time.time(), action, channel, event_id, detail),
@@ -592,7 +608,13 @@ def _original_ref(conn: sqlite3.Connection, channel: str, event: ClinicalEvent, 
             " WHERE d.channel=? AND e.thread_key=? AND e.type=? AND d.status=? AND d.external_id IS NOT NULL"
             " AND d.event_seq < ?"
         )
-        args: list[Any] = [channel, event.thread_key, event.links["cancels"], DeliveryStatus.DELIVERED.value, seq]
+        args: list[Any] = [
+            channel,
+            event.thread_key,
+            event.links["cancels"],
+            DeliveryStatus.DELIVERED.value,
+            seq,
+        ]
         if event.subject is not None and event.subject.key and event.subject.kind != "encounter":
             sql += " AND e.subject_key=?"
             args.append(event.subject.key)

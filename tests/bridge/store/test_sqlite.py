@@ -1,0 +1,627 @@
+"""The embedded SQLite store on a real file: schema, group commit, dedup, claims, threads, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.errors import StoreError
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Subject
+from bridge.store import (
+    ClaimedDelivery,
+    CommitResult,
+    DeliveryStatus,
+    JournalEntry,
+    MessageStatus,
+    NewDelivery,
+)
+from bridge.store import sqlite as sqlite_module
+from bridge.store.sqlite import MIGRATIONS, SQLiteStore
+
+EventFactory = Callable[..., ClinicalEvent]
+EntryFactory = Callable[..., JournalEntry]
+
+DAY = 86_400.0
+
+
+def routed(
+    *events: ClinicalEvent, channels: tuple[str, ...] = ("chan",)
+) -> list[tuple[ClinicalEvent, list[NewDelivery]]]:
+    return [(event, [NewDelivery(c) for c in channels]) for event in events]
+
+
+async def claim(
+    store: SQLiteStore, channel: str = "chan", *, limit: int = 10, later: float = 0.0
+) -> list[ClaimedDelivery]:
+    return await store.claim(channel, now=time.time() + later, limit=limit)
+
+
+async def state(store: SQLiteStore, delivery_id: str) -> tuple[str, int]:
+    rows = await store.query("SELECT status, attempts FROM deliveries WHERE id=?", (delivery_id,))
+    assert len(rows) == 1
+    return str(rows[0][0]), int(rows[0][1])
+
+
+async def count(store: SQLiteStore, table: str) -> int:
+    rows = await store.query(f"SELECT count(*) FROM {table}")
+    return int(rows[0][0])
+
+
+async def on_writer(store: SQLiteStore, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    # The writer's own connection is the one whose settings make commits durable; there is
+    # no public way to reach it, so these tests use the private job queue on purpose.
+    return await store._write(fn)
+
+
+async def deliver_in_order(store: SQLiteStore, external_ids: list[str], channel: str = "chan") -> None:
+    """Claim the single head of the thread and mark it delivered, once per external id."""
+    for external_id in external_ids:
+        (head,) = await claim(store, channel)
+        await store.mark_delivered(head.id, external_id=external_id, thread_root=False)
+
+
+# -- schema -------------------------------------------------------------------------------
+
+
+async def test_connections_use_wal_and_synchronous_full(store: SQLiteStore) -> None:
+    assert await store.query("PRAGMA journal_mode") == [("wal",)]
+    assert await store.query("PRAGMA synchronous") == [(2,)]  # 2 = FULL
+    assert await on_writer(store, lambda c: c.execute("PRAGMA journal_mode").fetchone()) == ("wal",)
+    assert await on_writer(store, lambda c: c.execute("PRAGMA synchronous").fetchone()) == (2,)
+
+
+async def test_new_database_is_at_the_latest_schema_version(store: SQLiteStore) -> None:
+    assert await store.query("PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+async def test_reopening_keeps_data_and_schema_version(
+    db_path: Path, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    first = SQLiteStore(db_path)
+    await first.open()
+    await first.commit_message(make_entry(), routed(make_event()), dedup_window=DAY)
+    await first.close()
+
+    # Re-running the first migration would fail on CREATE TABLE of an existing table.
+    second = SQLiteStore(db_path)
+    await second.open()
+    try:
+        assert await second.query("PRAGMA user_version") == [(len(MIGRATIONS),)]
+        assert await count(second, "journal") == 1
+        assert await count(second, "deliveries") == 1
+    finally:
+        await second.close()
+
+
+async def test_upgrade_runs_only_the_migrations_not_yet_applied(
+    db_path: Path, make_entry: EntryFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = SQLiteStore(db_path)
+    await first.open()
+    await first.journal(make_entry())
+    await first.close()
+
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*MIGRATIONS, "CREATE TABLE added_later (x INTEGER);"))
+    second = SQLiteStore(db_path)
+    await second.open()
+    try:
+        assert await second.query("PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]
+        assert await count(second, "added_later") == 0
+        assert await count(second, "journal") == 1
+    finally:
+        await second.close()
+
+
+async def test_database_from_a_newer_version_refuses_to_open(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    conn.close()
+    newer = SQLiteStore(db_path)
+    with pytest.raises(StoreError, match="newer"):
+        await newer.open()
+    await newer.close()
+
+
+async def test_store_that_is_not_open_raises_store_error(db_path: Path, make_entry: EntryFactory) -> None:
+    closed = SQLiteStore(db_path)
+    with pytest.raises(StoreError):
+        await closed.journal(make_entry())
+    with pytest.raises(StoreError):
+        await closed.inbox_items()
+
+
+# -- commit_message -----------------------------------------------------------------------
+
+
+async def test_commit_writes_journal_events_and_deliveries_together(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    entry = make_entry()
+    routed_event, unrouted_event = make_event(), make_event()
+    result = await store.commit_message(
+        entry,
+        [*routed(routed_event, channels=("a", "b")), (unrouted_event, [])],
+        dedup_window=DAY,
+    )
+
+    assert result == CommitResult(duplicate=False, delivery_ids=result.delivery_ids)
+    assert len(result.delivery_ids) == 2
+    assert await store.query("SELECT id, status, control_id FROM journal") == [
+        (entry.id, MessageStatus.ACCEPTED.value, entry.control_id)
+    ]
+    assert sorted(await store.query("SELECT id, message_id, status FROM events")) == sorted(
+        [(routed_event.id, entry.id, "routed"), (unrouted_event.id, entry.id, "unrouted")]
+    )
+    deliveries = await store.query(
+        "SELECT id, event_id, channel, status, attempts FROM deliveries ORDER BY channel"
+    )
+    assert [(d[1], d[2], d[3], d[4]) for d in deliveries] == [
+        (routed_event.id, "a", "pending", 0),
+        (routed_event.id, "b", "pending", 0),
+    ]
+    assert sorted(d[0] for d in deliveries) == sorted(result.delivery_ids)
+
+
+async def test_failing_job_in_a_batch_does_not_undo_the_others(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    taken = make_event()
+    await store.commit_message(make_entry(), routed(taken), dedup_window=DAY)
+
+    # Hold the writer inside one job so that every commit below queues up and lands in one batch.
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> None:
+        started.set()
+        gate.wait(5.0)
+
+    blocker = asyncio.ensure_future(on_writer(store, hold))
+    assert await asyncio.to_thread(started.wait, 5.0)
+    commits_before = store.commits
+
+    good = [(make_entry(), make_event()) for _ in range(10)]
+    clash = make_entry()
+    tasks = [
+        asyncio.ensure_future(store.commit_message(e, routed(ev), dedup_window=DAY)) for e, ev in good[:5]
+    ]
+    tasks.append(
+        asyncio.ensure_future(store.commit_message(clash, routed(make_event(id=taken.id)), dedup_window=DAY))
+    )
+    tasks += [
+        asyncio.ensure_future(store.commit_message(e, routed(ev), dedup_window=DAY)) for e, ev in good[5:]
+    ]
+    await asyncio.sleep(0)  # every task runs up to its queued job
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await blocker
+
+    assert store.commits - commits_before == 2  # the blocker's batch, then all eleven jobs in one
+    failure = results.pop(5)
+    assert isinstance(failure, StoreError)
+    assert isinstance(failure.__cause__, sqlite3.IntegrityError)
+    assert all(isinstance(r, CommitResult) and not r.duplicate for r in results)
+    journaled = {r[0] for r in await store.query("SELECT id FROM journal")}
+    assert clash.id not in journaled  # its journal row went with its savepoint
+    assert {e.id for e, _ in good} <= journaled
+    assert await count(store, "events") == 11
+    assert await count(store, "deliveries") == 11
+
+
+async def test_group_commit_batches_concurrent_writes(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    before = store.commits
+    results = await asyncio.gather(
+        *(store.commit_message(make_entry(), routed(make_event()), dedup_window=DAY) for _ in range(200))
+    )
+    assert len({r.delivery_ids for r in results}) == 200
+    assert await count(store, "deliveries") == 200
+    assert store.commits - before < 200
+
+
+# -- dedup --------------------------------------------------------------------------------
+
+
+async def test_same_control_id_within_window_is_journaled_as_duplicate_and_creates_nothing(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    first = make_entry(control_id="C1")
+    await store.commit_message(first, routed(make_event()), dedup_window=DAY)
+    again = make_entry(control_id="C1")
+
+    result = await store.commit_message(again, routed(make_event()), dedup_window=DAY)
+
+    assert result == CommitResult(duplicate=True, delivery_ids=())
+    assert await store.query("SELECT status FROM journal WHERE id=?", (again.id,)) == [("duplicate",)]
+    assert await count(store, "events") == 1
+    assert await count(store, "deliveries") == 1
+
+
+@pytest.mark.parametrize("differs", ["control_id", "sending_application", "sending_facility"])
+async def test_message_differing_in_one_of_msh3_msh4_msh10_is_not_a_duplicate(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, differs: str
+) -> None:
+    key = {"control_id": "C1", "sending_application": "APP", "sending_facility": "FAC"}
+    await store.commit_message(make_entry(**key), routed(make_event()), dedup_window=DAY)
+
+    result = await store.commit_message(
+        make_entry(**{**key, differs: "OTHER"}), routed(make_event()), dedup_window=DAY
+    )
+
+    assert not result.duplicate
+    assert len(result.delivery_ids) == 1
+
+
+@pytest.mark.parametrize(
+    ("age", "window"),
+    [
+        pytest.param(0.001, 0.0, id="window-zero"),
+        pytest.param(3600.0, 60.0, id="older-than-window"),
+    ],
+)
+async def test_same_control_id_outside_window_is_accepted_again(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, age: float, window: float
+) -> None:
+    now = time.time()
+    await store.commit_message(
+        make_entry(control_id="C1", received_at=now - age), routed(make_event()), dedup_window=window
+    )
+
+    result = await store.commit_message(
+        make_entry(control_id="C1", received_at=now), routed(make_event()), dedup_window=window
+    )
+
+    assert not result.duplicate
+    assert len(result.delivery_ids) == 1
+    assert await store.query("SELECT DISTINCT status FROM journal") == [("accepted",)]
+
+
+async def test_resend_after_a_rejection_is_not_a_duplicate(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.journal(make_entry(control_id="C1", status=MessageStatus.REJECTED, ack_code="AE"))
+
+    result = await store.commit_message(make_entry(control_id="C1"), routed(make_event()), dedup_window=DAY)
+
+    assert not result.duplicate
+    assert len(result.delivery_ids) == 1
+
+
+async def test_same_event_dedup_key_within_window_is_duplicate_without_deliveries(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(make_entry(), routed(make_event(dedup_key="LAB|1")), dedup_window=DAY)
+    repeat = make_event(dedup_key="LAB|1")
+
+    result = await store.commit_message(make_entry(), routed(repeat), dedup_window=DAY)
+
+    assert result == CommitResult(duplicate=False, delivery_ids=())
+    assert await store.query("SELECT status FROM events WHERE id=?", (repeat.id,)) == [("duplicate",)]
+    assert await count(store, "deliveries") == 1
+
+
+async def test_same_event_dedup_key_outside_window_is_routed_again(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    now = time.time()
+    await store.commit_message(
+        make_entry(received_at=now - 3600), routed(make_event(dedup_key="LAB|1")), dedup_window=60
+    )
+    repeat = make_event(dedup_key="LAB|1")
+
+    result = await store.commit_message(make_entry(received_at=now), routed(repeat), dedup_window=60)
+
+    assert len(result.delivery_ids) == 1
+    assert await store.query("SELECT status FROM events WHERE id=?", (repeat.id,)) == [("routed",)]
+
+
+# -- claim --------------------------------------------------------------------------------
+
+
+async def test_claim_hands_out_only_the_oldest_open_delivery_of_a_thread(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    first, second, third = make_event(), make_event(), make_event()
+    await store.commit_message(make_entry(), routed(first, second), dedup_window=DAY)
+    await store.commit_message(make_entry(), routed(third), dedup_window=DAY)
+
+    assert [c.event.id for c in await claim(store)] == [first.id]
+    assert await claim(store) == []  # the head is in flight: the thread waits
+
+
+async def test_claim_hands_out_heads_of_different_threads_together(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    a1, a2 = make_event(thread_key="A"), make_event(thread_key="A")
+    b1 = make_event(thread_key="B")
+    await store.commit_message(make_entry(), routed(a1, b1, a2), dedup_window=DAY)
+
+    assert [c.event.id for c in await claim(store)] == [a1.id, b1.id]
+
+
+async def test_claim_respects_channel_and_limit(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    a, b = make_event(thread_key="A"), make_event(thread_key="B")
+    await store.commit_message(make_entry(), routed(a, b, channels=("one", "two")), dedup_window=DAY)
+
+    claimed = await claim(store, "one", limit=1)
+
+    assert [(c.channel, c.event.id) for c in claimed] == [("one", a.id)]
+    assert [(c.channel, c.event.id) for c in await claim(store, "two")] == [("two", a.id), ("two", b.id)]
+
+
+async def test_dead_head_does_not_block_the_rest_of_its_thread(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    first, second = make_event(), make_event()
+    await store.commit_message(make_entry(), routed(first, second), dedup_window=DAY)
+    (head,) = await claim(store)
+    await store.mark_dead(head.id, error="poison")
+
+    assert [c.event.id for c in await claim(store)] == [second.id]
+
+
+async def test_pending_head_waiting_for_retry_blocks_its_thread(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    first, second = make_event(), make_event()
+    await store.commit_message(make_entry(), routed(first, second), dedup_window=DAY)
+    (head,) = await claim(store)
+    await store.mark_retry(head.id, next_attempt_at=time.time() + 3600, error="rate limited")
+
+    assert await claim(store) == []
+    assert [c.event.id for c in await claim(store, later=7200)] == [first.id]
+
+
+async def test_claimed_delivery_is_in_flight_with_attempts_counted(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(make_entry(), routed(make_event()), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+    assert claimed.attempts == 1
+    assert await state(store, claimed.id) == ("in_flight", 1)
+
+    await store.mark_retry(claimed.id, next_attempt_at=0.0, error="try again")
+    assert await state(store, claimed.id) == ("pending", 1)
+    (again,) = await claim(store)
+    assert again.attempts == 2
+    assert await state(store, claimed.id) == ("in_flight", 2)
+
+
+async def test_reclaim_in_flight_returns_deliveries_to_pending(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(
+        make_entry(), routed(make_event(thread_key="A"), make_event(thread_key="B")), dedup_window=DAY
+    )
+    claimed = await claim(store)
+
+    assert await store.reclaim_in_flight() == 2
+
+    assert [await state(store, c.id) for c in claimed] == [("pending", 1), ("pending", 1)]
+    assert [c.id for c in await claim(store)] == [c.id for c in claimed]
+
+
+async def test_retry_does_not_revive_a_delivery_killed_by_disabling_its_channel(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    # Regression: a send still in flight when another one disabled the channel came back as pending.
+    await store.commit_message(make_entry(), routed(make_event()), dedup_window=DAY)
+    (claimed,) = await claim(store)
+    await store.disable_channel("chan", reason="token revoked")
+
+    await store.mark_retry(claimed.id, next_attempt_at=0.0, error="rate limited")
+
+    assert await state(store, claimed.id) == ("dead", 1)
+    assert await claim(store) == []
+
+
+# -- threads and original posts -----------------------------------------------------------
+
+
+async def test_thread_root_is_stored_and_handed_to_the_next_claim_in_that_channel(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(
+        make_entry(), routed(make_event(), make_event(), channels=("one", "two")), dedup_window=DAY
+    )
+    (root,) = await claim(store, "one")
+    assert root.thread_ref is None
+    await store.mark_delivered(root.id, external_id="ts-root", thread_root=True)
+
+    (reply,) = await claim(store, "one")
+    (other_channel,) = await claim(store, "two")
+
+    assert reply.thread_ref == "ts-root"
+    assert other_channel.thread_ref is None
+    assert await state(store, root.id) == ("delivered", 1)
+
+
+async def test_delivery_that_is_not_a_thread_root_starts_no_thread(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(make_entry(), routed(make_event(), make_event()), dedup_window=DAY)
+    (first,) = await claim(store)
+    await store.mark_delivered(first.id, external_id="ts-1", thread_root=False)
+
+    (second,) = await claim(store)
+
+    assert second.thread_ref is None
+
+
+async def test_correction_finds_the_first_delivered_post_of_its_subject(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    def result(type_: EventType, key: str, **extra: Any) -> ClinicalEvent:
+        return make_event(type=type_, subject=Subject(kind="report", key=key), **extra)
+
+    await store.commit_message(
+        make_entry(),
+        routed(
+            result(EventType.RESULT_FINAL, "ORD-2"),
+            result(EventType.RESULT_PRELIMINARY, "ORD-1"),
+            result(EventType.RESULT_FINAL, "ORD-1"),
+        ),
+        dedup_window=DAY,
+    )
+    await deliver_in_order(store, ["ts-other", "ts-prelim", "ts-final"])
+    correction = result(
+        EventType.RESULT_CORRECTED, "ORD-1", lifecycle=Lifecycle.CORRECT, links={"corrects": "ORD-1"}
+    )
+    await store.commit_message(make_entry(), routed(correction), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert claimed.event.id == correction.id
+    assert claimed.original_ref == "ts-prelim"
+
+
+async def test_cancellation_finds_the_delivered_post_of_the_cancelled_type_in_its_thread(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(
+        make_entry(),
+        routed(
+            make_event(type=EventType.ENCOUNTER_ADMITTED, thread_key="OTHER"),
+            make_event(type=EventType.ENCOUNTER_ADMITTED),
+            make_event(type=EventType.ENCOUNTER_TRANSFERRED),
+        ),
+        dedup_window=DAY,
+    )
+    other_thread, this_thread = await claim(store)
+    await store.mark_delivered(other_thread.id, external_id="ts-other-admit", thread_root=False)
+    await store.mark_delivered(this_thread.id, external_id="ts-admit", thread_root=False)
+    await deliver_in_order(store, ["ts-transfer"])
+    cancel = make_event(
+        type=EventType.ADMISSION_CANCELLED,
+        lifecycle=Lifecycle.CANCEL,
+        links={"cancels": "encounter.admitted"},
+    )
+    await store.commit_message(make_entry(), routed(cancel), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert claimed.event.id == cancel.id
+    assert claimed.original_ref == "ts-admit"
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "links"),
+    [
+        pytest.param(Lifecycle.CORRECT, {"corrects": "V-TEST-0001"}, id="correct"),
+        pytest.param(Lifecycle.CANCEL, {"cancels": "encounter.admitted"}, id="cancel"),
+    ],
+)
+async def test_no_original_ref_when_the_original_was_never_delivered(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    lifecycle: Lifecycle,
+    links: dict[str, str],
+) -> None:
+    await store.commit_message(
+        make_entry(), routed(make_event(type=EventType.ENCOUNTER_ADMITTED)), dedup_window=DAY
+    )
+    (original,) = await claim(store)
+    await store.mark_dead(original.id, error="gone")
+    await store.commit_message(
+        make_entry(), routed(make_event(lifecycle=lifecycle, links=links)), dedup_window=DAY
+    )
+
+    (claimed,) = await claim(store)
+
+    assert claimed.original_ref is None
+
+
+# -- disabled channels and dead letters ---------------------------------------------------
+
+
+async def test_disable_channel_kills_open_deliveries_and_new_ones(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    first = await store.commit_message(
+        make_entry(),
+        routed(make_event(thread_key="A"), make_event(thread_key="B"), channels=("bad", "good")),
+        dedup_window=DAY,
+    )
+    await claim(store, "bad", limit=1)  # one in flight, one pending: both are open
+
+    assert await store.disable_channel("bad", reason="invalid_auth") == 2
+    later = await store.commit_message(
+        make_entry(), routed(make_event(), channels=("bad", "good")), dedup_window=DAY
+    )
+
+    assert await store.disabled_channels() == {"bad": "invalid_auth"}
+    assert len(first.delivery_ids) + len(later.delivery_ids) == 6
+    assert await store.query(
+        "SELECT channel, status, count(*) FROM deliveries GROUP BY channel, status ORDER BY channel"
+    ) == [("bad", "dead", 3), ("good", "pending", 3)]
+    assert await claim(store, "bad") == []
+    dead = await store.dead_letters()
+    assert len(dead) == 3
+    assert {(d.channel, d.status) for d in dead} == {("bad", DeliveryStatus.DEAD)}
+    assert all("invalid_auth" in d.last_error for d in dead)
+
+
+async def test_replay_of_chosen_ids_makes_them_pending_and_reenables_the_channel(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    result = await store.commit_message(
+        make_entry(), routed(make_event(thread_key="A"), make_event(thread_key="B")), dedup_window=DAY
+    )
+    await store.disable_channel("chan", reason="invalid_auth")
+    chosen, left = result.delivery_ids
+
+    assert await store.replay([chosen]) == 1
+
+    assert await state(store, chosen) == ("pending", 0)
+    assert await state(store, left) == ("dead", 0)
+    assert await store.disabled_channels() == {}
+    assert [c.id for c in await claim(store)] == [chosen]
+    assert [d.id for d in await store.dead_letters()] == [left]
+
+
+async def test_replay_of_all_makes_every_dead_letter_pending(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    result = await store.commit_message(
+        make_entry(), routed(make_event(thread_key="A"), make_event(thread_key="B")), dedup_window=DAY
+    )
+    for claimed in await claim(store):
+        await store.mark_dead(claimed.id, error="attempts exhausted")
+
+    assert await store.replay(None) == 2
+
+    assert [await state(store, d) for d in result.delivery_ids] == [("pending", 0), ("pending", 0)]
+    assert await store.dead_letters() == []
+    actions = [r[0] for r in await store.query("SELECT action FROM audit")]
+    assert actions == ["dlq.replayed"]
+
+
+# -- inbox --------------------------------------------------------------------------------
+
+
+async def test_inbox_append_is_idempotent_per_delivery_id(store: SQLiteStore) -> None:
+    first = await store.inbox_append("d1", {"title": "Admitted"})
+    again = await store.inbox_append("d1", {"title": "Admitted"})
+
+    assert again == first
+    assert [(i["id"], i["title"]) for i in await store.inbox_items()] == [(first, "Admitted")]
+
+
+async def test_inbox_items_page_after_a_feed_id(store: SQLiteStore) -> None:
+    ids = [await store.inbox_append(f"d{n}", {"n": n}) for n in range(5)]
+
+    assert [i["n"] for i in await store.inbox_items(after=ids[1])] == [2, 3, 4]
+    assert [i["n"] for i in await store.inbox_items(after=ids[1], limit=2)] == [2, 3]
+    assert await store.inbox_items(after=ids[-1]) == []
+    assert [i["n"] for i in await store.inbox_items(limit=2)] == [3, 4]  # the newest, oldest first

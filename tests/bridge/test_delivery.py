@@ -1,0 +1,411 @@
+"""Delivery: the retry policy, and channel workers driving a scripted adapter over a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import ClassVar
+
+import pytest
+
+from bridge.channels import ChannelConfig, PhiLevel, Post, SendResult
+from bridge.compose import Templates
+from bridge.config import DeliveryConfig
+from bridge.delivery import ChannelWorker, Dispatcher, RetryPolicy
+from bridge.errors import Permanent, Retryable
+from bridge.events import ClinicalEvent
+from bridge.store import ClaimedDelivery, JournalEntry, NewDelivery
+from bridge.store.sqlite import SQLiteStore
+
+EventFactory = Callable[..., ClinicalEvent]
+EntryFactory = Callable[..., JournalEntry]
+
+CHANNEL = "chan"
+#: Fast enough for tests, with no jitter so delays are exact.
+FAST = RetryPolicy(max_attempts=5, initial=0.001, max_delay=0.01, multiplier=2.0, jitter=0.0)
+
+
+class FakeAdapter:
+    """An outbound adapter that records what it is asked to send and fails as scripted.
+
+    ``script`` maps an event id to the exceptions its successive sends raise;
+    once they are used up, sends of that event succeed.
+    """
+
+    config_model: ClassVar[type[ChannelConfig]] = ChannelConfig
+    max_text: ClassVar[int] = 1_000
+    rate_per_sec: ClassVar[float] = 0.0
+    supports_threads: ClassVar[bool] = True
+    supports_update: ClassVar[bool] = True
+
+    def __init__(self, script: dict[str, list[Exception]] | None = None) -> None:
+        self.script = {event_id: list(errors) for event_id, errors in (script or {}).items()}
+        #: Event ids in the order ``send`` was called, failures included.
+        self.calls: list[str] = []
+        #: Posts that were sent successfully.
+        self.sent: list[Post] = []
+
+    def render(self, post: Post) -> Post:
+        return post
+
+    async def send(self, payload: Post) -> SendResult:
+        self.calls.append(payload.event.id)
+        pending = self.script.get(payload.event.id)
+        if pending:
+            raise pending.pop(0)
+        self.sent.append(payload)
+        return SendResult(external_id=f"ext-{len(self.sent)}")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class UnthreadedAdapter(FakeAdapter):
+    supports_threads: ClassVar[bool] = False
+    supports_update: ClassVar[bool] = False
+
+
+@pytest.fixture(scope="module")
+def templates() -> Templates:
+    return Templates.load()
+
+
+@pytest.fixture
+def make_worker(store: SQLiteStore, templates: Templates) -> Callable[..., ChannelWorker]:
+    def factory(adapter: FakeAdapter, policy: RetryPolicy = FAST) -> ChannelWorker:
+        return ChannelWorker(
+            CHANNEL,
+            adapter,
+            store,
+            policy=policy,
+            templates=templates,
+            phi=PhiLevel.LIMITED,
+            poll_interval=0.01,
+            max_in_flight=4,
+        )
+
+    return factory
+
+
+WorkerFactory = Callable[..., ChannelWorker]
+
+
+async def commit(store: SQLiteStore, make_entry: EntryFactory, *events: ClinicalEvent) -> None:
+    await store.commit_message(
+        make_entry(), [(e, [NewDelivery(CHANNEL)]) for e in events], dedup_window=3600.0
+    )
+
+
+async def claim_one(store: SQLiteStore, *, later: float = 0.0) -> ClaimedDelivery:
+    (claimed,) = await store.claim(CHANNEL, now=time.time() + later, limit=10)
+    return claimed
+
+
+async def row(store: SQLiteStore, event: ClinicalEvent) -> tuple[str, int, float, str, str | None]:
+    rows = await store.query(
+        "SELECT status, attempts, next_attempt_at, last_error, external_id FROM deliveries WHERE event_id=?",
+        (event.id,),
+    )
+    assert len(rows) == 1
+    status, attempts, next_attempt_at, last_error, external_id = rows[0]
+    return status, attempts, next_attempt_at, last_error, external_id
+
+
+@asynccontextmanager
+async def running(worker: ChannelWorker) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 2.0)
+
+
+async def settled(store: SQLiteStore, count: int) -> None:
+    """Wait until ``count`` deliveries are delivered or dead (a bound, not a timing assertion)."""
+    async with asyncio.timeout(2.0):
+        while True:
+            rows = await store.query("SELECT count(*) FROM deliveries WHERE status IN ('delivered', 'dead')")
+            if rows[0][0] >= count:
+                return
+            await asyncio.sleep(0.005)
+
+
+# -- RetryPolicy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("attempt", "expected"), [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0)])
+def test_delay_grows_exponentially(attempt: int, expected: float) -> None:
+    policy = RetryPolicy(initial=1.0, multiplier=2.0, max_delay=600.0, jitter=0.3)
+
+    assert policy.delay(attempt, rand=lambda: 0.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("attempt", [6, 10, 100, 5_000])
+def test_delay_is_capped_at_max_delay(attempt: int) -> None:
+    # 5,000 attempts is the regression: the power overflowed a float and the delivery stuck in flight.
+    policy = RetryPolicy(initial=1.0, multiplier=2.0, max_delay=20.0, jitter=0.0)
+
+    assert policy.delay(attempt) == 20.0
+
+
+@pytest.mark.parametrize("rand", [0.0, 0.25, 0.5, 0.999_999])
+@pytest.mark.parametrize("attempt", [1, 3, 12])
+def test_jitter_stays_between_base_less_jitter_and_base(attempt: int, rand: float) -> None:
+    policy = RetryPolicy(initial=2.0, multiplier=3.0, max_delay=300.0, jitter=0.4)
+    base = min(300.0, 2.0 * 3.0 ** (attempt - 1))
+
+    delay = policy.delay(attempt, rand=lambda: rand)
+
+    assert base * (1 - 0.4) <= delay <= base
+
+
+def test_jitter_spreads_delays_within_bounds() -> None:
+    policy = RetryPolicy(initial=10.0, jitter=0.3)
+    rng = random.Random(7)
+
+    delays = [policy.delay(1, rand=rng.random) for _ in range(200)]
+
+    assert all(7.0 <= d <= 10.0 for d in delays)
+    assert len(set(delays)) > 1
+
+
+@pytest.mark.parametrize(
+    ("defer", "expected"),
+    [
+        pytest.param(120.0, 120.0, id="retry-after-longer-wins"),
+        pytest.param(0.5, 4.0, id="retry-after-shorter-does-not-shorten"),
+        pytest.param(4.0, 4.0, id="equal"),
+        pytest.param(None, 4.0, id="none"),
+    ],
+)
+def test_retry_after_is_a_floor(defer: float | None, expected: float) -> None:
+    policy = RetryPolicy(initial=1.0, multiplier=2.0, jitter=0.0)
+
+    assert policy.delay(3, defer=defer) == expected
+
+
+@pytest.mark.parametrize(("attempts", "exhausted"), [(1, False), (2, False), (3, True), (4, True)])
+def test_exhausted_at_max_attempts(attempts: int, exhausted: bool) -> None:
+    assert RetryPolicy(max_attempts=3).exhausted(attempts) is exhausted
+
+
+@pytest.mark.parametrize(("override", "expected"), [(None, 7), (2, 2)])
+def test_policy_from_config_takes_the_channel_override(override: int | None, expected: int) -> None:
+    cfg = DeliveryConfig(max_attempts=7, initial_backoff=0.5, max_backoff=30.0, multiplier=3.0, jitter=0.1)
+
+    policy = RetryPolicy.from_config(cfg, max_attempts=override)
+
+    assert policy == RetryPolicy(
+        max_attempts=expected, initial=0.5, max_delay=30.0, multiplier=3.0, jitter=0.1
+    )
+
+
+# -- ChannelWorker.deliver ----------------------------------------------------------------
+
+
+async def test_delivered_is_recorded_and_audited_as_disclosed(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter()
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    status, attempts, _, last_error, external_id = await row(store, event)
+    assert (status, attempts, last_error, external_id) == ("delivered", 1, "", "ext-1")
+    assert [p.event.id for p in adapter.sent] == [event.id]
+    assert await store.query("SELECT action, channel, event_id, detail FROM audit") == [
+        ("disclosed", CHANNEL, event.id, "phi=limited")
+    ]
+
+
+async def test_retryable_goes_back_to_pending_not_before_its_defer(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter({event.id: [Retryable("rate limited", defer=30.0)]})
+    before = time.time()
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    status, attempts, next_attempt_at, last_error, _ = await row(store, event)
+    assert (status, attempts, last_error) == ("pending", 1, "rate limited")
+    assert next_attempt_at >= before + 30.0
+    assert await store.claim(CHANNEL, now=time.time(), limit=10) == []
+
+
+async def test_retryable_without_defer_waits_the_backoff(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter({event.id: [Retryable("502 from target")]})
+    policy = RetryPolicy(max_attempts=5, initial=10.0, jitter=0.0)
+    before = time.time()
+
+    await make_worker(adapter, policy).deliver(await claim_one(store))
+    after = time.time()
+
+    _, _, next_attempt_at, _, _ = await row(store, event)
+    assert before + 10.0 <= next_attempt_at <= after + 10.0
+
+
+async def test_exhausted_attempts_go_dead(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter({event.id: [Retryable("busy"), Retryable("busy"), Retryable("busy")]})
+    worker = make_worker(adapter, RetryPolicy(max_attempts=2, initial=0.001, jitter=0.0))
+
+    await worker.deliver(await claim_one(store))
+    await worker.deliver(await claim_one(store, later=1.0))
+
+    status, attempts, _, last_error, _ = await row(store, event)
+    assert (status, attempts) == ("dead", 2)
+    assert last_error.startswith("attempts exhausted")
+    assert [d.event_id for d in await store.dead_letters()] == [event.id]
+    assert adapter.calls == [event.id, event.id]
+
+
+async def test_permanent_goes_dead_without_retry(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter({event.id: [Permanent("400 invalid payload")]})
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    status, attempts, _, last_error, _ = await row(store, event)
+    assert (status, attempts, last_error) == ("dead", 1, "400 invalid payload")
+    assert await store.claim(CHANNEL, now=time.time() + 3600, limit=10) == []
+    assert await store.disabled_channels() == {}
+    assert [r[0] for r in await store.query("SELECT action FROM audit")] == ["delivery.dead"]
+
+
+async def test_permanent_with_disable_channel_disables_the_channel(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    failing, waiting = make_event(thread_key="A"), make_event(thread_key="B")
+    await commit(store, make_entry, failing, waiting)
+    adapter = FakeAdapter({failing.id: [Permanent("token_revoked", disable_channel=True)]})
+    first = (await store.claim(CHANNEL, now=time.time(), limit=1))[0]
+
+    await make_worker(adapter).deliver(first)
+
+    assert await store.disabled_channels() == {CHANNEL: "token_revoked"}
+    assert (await row(store, failing))[0] == "dead"
+    assert (await row(store, waiting))[0] == "dead"
+    assert adapter.calls == [failing.id]
+
+
+async def test_unexpected_exception_is_recorded_as_a_retry(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter({event.id: [RuntimeError("adapter bug")]})
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    status, attempts, _, last_error, _ = await row(store, event)
+    assert (status, attempts, last_error) == ("pending", 1, "internal error: RuntimeError")
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "thread_ref"),
+    [
+        pytest.param(FakeAdapter, "ext-1", id="threads"),
+        pytest.param(UnthreadedAdapter, None, id="no-threads"),
+    ],
+)
+async def test_first_post_of_a_thread_becomes_the_thread_root_where_threads_exist(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    make_worker: WorkerFactory,
+    adapter_class: type[FakeAdapter],
+    thread_ref: str | None,
+) -> None:
+    await commit(store, make_entry, make_event(), make_event())
+    adapter = adapter_class()
+    worker = make_worker(adapter)
+
+    await worker.deliver(await claim_one(store))
+    await worker.deliver(await claim_one(store))
+
+    assert [p.thread_ref for p in adapter.sent] == [None, thread_ref]
+
+
+# -- ChannelWorker.run --------------------------------------------------------------------
+
+
+async def test_running_worker_survives_an_adapter_bug_and_retries(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    await commit(store, make_entry, event)
+    adapter = FakeAdapter({event.id: [RuntimeError("adapter bug")]})
+
+    async with running(make_worker(adapter)) as task:
+        await settled(store, 1)
+        assert not task.done()
+
+    assert adapter.calls == [event.id, event.id]
+    assert (await row(store, event))[0] == "delivered"
+
+
+async def test_thread_is_delivered_in_order_across_a_retry(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    first, second, third = make_event(), make_event(), make_event()
+    await commit(store, make_entry, first, second)
+    await commit(store, make_entry, third)
+    adapter = FakeAdapter({first.id: [Retryable("429", defer=0.05)]})
+
+    async with running(make_worker(adapter)):
+        await settled(store, 3)
+
+    assert adapter.calls == [first.id, first.id, second.id, third.id]
+    assert [p.event.id for p in adapter.sent] == [first.id, second.id, third.id]
+
+
+async def test_dead_event_blocks_neither_its_thread_nor_another(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    poison, after_poison = make_event(thread_key="A"), make_event(thread_key="A")
+    other = make_event(thread_key="B")
+    await commit(store, make_entry, poison, other, after_poison)
+    adapter = FakeAdapter({poison.id: [Permanent("422 unprocessable")]})
+
+    async with running(make_worker(adapter)):
+        await settled(store, 3)
+
+    assert (await row(store, poison))[0] == "dead"
+    assert {p.event.id for p in adapter.sent} == {other.id, after_poison.id}
+    assert adapter.calls.index(poison.id) < adapter.calls.index(after_poison.id)
+
+
+async def test_dispatcher_starts_and_stops_its_workers(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    event = make_event()
+    adapter = FakeAdapter()
+    dispatcher = Dispatcher({CHANNEL: make_worker(adapter)})
+
+    dispatcher.start()
+    assert dispatcher.running
+    await commit(store, make_entry, event)
+    dispatcher.wake([CHANNEL, "not-a-channel"])
+    await settled(store, 1)
+    await asyncio.wait_for(dispatcher.stop(), 2.0)
+
+    assert not dispatcher.running
+    assert [p.event.id for p in adapter.sent] == [event.id]
