@@ -23,7 +23,7 @@ def message(control_id: str, *, trigger: str = "A01", extra: str = "") -> bytes:
         f"MSH|^~\\&|CANARY|HOSP|EHRBRIDGE|HOSP|20261122120000||ADT^{trigger}|{control_id}|P|2.5\r"
         f"EVN|{trigger}|20261122120000\r"
         f"PID|1||MRN77^^^HOSP^MR||{CANARY_FAMILY}^{CANARY_GIVEN}||19700101|F\r"
-        f"PV1|1|I|ICU^1^1^HOSP||||1234^{CANARY_FAMILY}^Doctor|||||||||||V77\r{extra}"
+        f"PV1|1|I|ICU^1^1^HOSP||||1234^Physician^Test|||||||||||V77\r{extra}"
     ).encode()
 
 
