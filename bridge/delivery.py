@@ -108,6 +108,8 @@ class ChannelWorker:
         self.poll_interval = poll_interval
         self.max_in_flight = max_in_flight
         self.limiter = RateLimiter(adapter.rate_per_sec)
+        #: Keys the pseudonyms of thread and dedup keys in what channels see; set by the runtime from the store.
+        self.hash_key: bytes | None = None
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -141,7 +143,7 @@ class ChannelWorker:
         return Post(
             delivery_id=claimed.id,
             channel=self.name,
-            event=redact(claimed.event, self.phi),
+            event=redact(claimed.event, self.phi, hash_key=self.hash_key),
             title=title,
             summary=summary,
             facts=facts,

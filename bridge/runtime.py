@@ -96,6 +96,9 @@ class Runtime:
         reclaimed = await self.store.reclaim_in_flight()
         if reclaimed:
             log.warning("runtime.reclaimed_in_flight", deliveries=reclaimed)
+        hash_key = await self.store.secret("phi-pseudonym")
+        for worker in self.dispatcher.workers.values():
+            worker.hash_key = hash_key
         self.dispatcher.start()
         if listeners:
             factory = registry.load(registry.INBOUND, "mllp")

@@ -197,6 +197,10 @@ class Store(Protocol):
 
     async def audit(self, action: str, *, channel: str = "", event_id: str = "", detail: str = "") -> None: ...
 
+    async def secret(self, name: str) -> bytes:
+        """A random 32-byte secret created on first use and kept in the store."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the store cannot be read and written."""
         ...

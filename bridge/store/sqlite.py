@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -123,6 +124,13 @@ MIGRATIONS: tuple[str, ...] = (
         channel TEXT NOT NULL DEFAULT '',
         event_id TEXT NOT NULL DEFAULT '',
         detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+    # 2: deployment secrets generated on first start (the key that pseudonymises thread keys for channels).
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL
     );
     """,
 )
@@ -284,6 +292,14 @@ class SQLiteStore:
                 return fn(reader)
 
         return await asyncio.to_thread(run)
+
+    async def secret(self, name: str) -> bytes:
+        def run(conn: sqlite3.Connection) -> bytes:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (f"secret:{name}", os.urandom(32)))
+            (value,) = conn.execute("SELECT value FROM meta WHERE key=?", (f"secret:{name}",)).fetchone()
+            return bytes(value)
+
+        return await self._write(run)
 
     async def ping(self) -> None:
         await self._write(lambda c: c.execute("SELECT count(*) FROM channel_state").fetchone())

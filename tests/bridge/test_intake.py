@@ -112,7 +112,9 @@ async def test_same_control_id_from_another_sender_is_not_a_duplicate(tmp_path: 
     assert await store.query("SELECT count(*) FROM journal WHERE status='accepted'") == [(2,)]
 
 
-async def test_event_without_a_route_is_journaled_unrouted_and_still_acked_aa(tmp_path: Path, store: GatedStore) -> None:
+async def test_event_without_a_route_is_journaled_unrouted_and_still_acked_aa(
+    tmp_path: Path, store: GatedStore
+) -> None:
     cfg = settings(tmp_path, routes=[{"name": "only-results", "match": {"types": ["result.*"]}, "channels": ["inbox"]}])
     receipt = await intake_for(cfg, store).accept(RawMessage("default", adt("C5"), "mllp"))
     assert receipt.code is AckCode.AA

@@ -625,3 +625,17 @@ async def test_inbox_items_page_after_a_feed_id(store: SQLiteStore) -> None:
     assert [i["n"] for i in await store.inbox_items(after=ids[1], limit=2)] == [2, 3]
     assert await store.inbox_items(after=ids[-1]) == []
     assert [i["n"] for i in await store.inbox_items(limit=2)] == [3, 4]  # the newest, oldest first
+
+
+async def test_secret_is_created_once_and_survives_reopen(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "s.db")
+    await first.open()
+    key = await first.secret("phi-pseudonym")
+    assert key == await first.secret("phi-pseudonym")
+    assert key != await first.secret("other")
+    await first.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    await again.open()
+    assert await again.secret("phi-pseudonym") == key
+    await again.close()
+    assert len(key) == 32

@@ -1,0 +1,1029 @@
+"""Declarative HL7 v2 → ClinicalEvent mapping: load, check and compile ``mappings/hl7v2/*.yaml``; apply.
+
+A mapping file is data only (its format is documented in ``mappings/schema.json``
+and by the bundled files). Loading validates every file against the JSON Schema
+and compiles each field path, template and rule into closures once, so mapping
+a message does no path or template parsing. Mapping never raises on odd
+content: a missing segment or an empty field is a ``None`` field, and a message
+no file matches yields no events (the caller journals it as unmapped).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from bridge.errors import MappingError
+from bridge.events import (
+    ClinicalEvent,
+    EventType,
+    Lifecycle,
+    Severity,
+)
+from bridge.hl7.reader import Delimiters, Message, Segment, unescape
+
+__all__ = [
+    "Mapper",
+    "MappingOptions",
+    "hl7_date",
+    "hl7_datetime",
+    "hl7_timestamp",
+    "load_document",
+    "mappings_dir",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOptions:
+    """Site settings that apply across mapping files."""
+
+    #: OBX-8 flags (Table 0078) that make an observation critical.
+    critical_flags: frozenset[str] = frozenset({"HH", "LL", "AA"})
+    #: Extra mapping files or folders of ``*.yaml``, after the bundled ones (see :meth:`Mapper.load`).
+    extra_paths: tuple[Path, ...] = ()
+
+
+_DEFAULT_OPTIONS = MappingOptions()
+
+
+def mappings_dir() -> Path:
+    """The folder of bundled mappings: ``bridge/_mappings`` in a wheel, else ``<repo>/mappings``."""
+    package = Path(__file__).resolve().parent
+    wheel = package / "_mappings"
+    return wheel if wheel.is_dir() else package.parent / "mappings"
+
+
+def load_document(path: Path, schema_path: Path) -> Any:
+    """Read a YAML file and validate it against a JSON Schema.
+
+    Raises MappingError naming the file and the JSON path of the first problem.
+    """
+    try:
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MappingError(f"cannot read schema: {exc}", source=str(schema_path)) from exc
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MappingError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise MappingError(f"not valid YAML: {exc}", source=str(path), path=where) from exc
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        raise MappingError(error.message, source=str(path), path=error.json_path)
+    return doc
+
+
+# --- HL7 dates and times (DTM/TS: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]) -------------------
+
+_TS_RE = re.compile(r"^(\d{4}(?:\d\d){0,5})(?:\.(\d{1,4}))?(?:([+-])(\d\d)(\d\d))?$")
+
+
+def _ts_parts(text: str) -> tuple[datetime, int, bool] | None:
+    """(value, number of date/time parts given: 1 year ... 6 seconds, whether an offset was given), or None."""
+    m = _TS_RE.match(text.strip())
+    if m is None:
+        return None
+    digits, frac, sign, oh, om = m.groups()
+    tz: timezone | None = None
+    if sign is not None:
+        hours, minutes = int(oh), int(om)
+        if hours >= 24 or minutes >= 60:
+            return None
+        offset = timedelta(hours=hours, minutes=minutes)
+        tz = timezone(-offset if sign == "-" else offset)
+    n = len(digits)
+    try:
+        value = datetime(
+            int(digits[:4]),
+            int(digits[4:6]) if n > 4 else 1,
+            int(digits[6:8]) if n > 6 else 1,
+            int(digits[8:10]) if n > 8 else 0,
+            int(digits[10:12]) if n > 10 else 0,
+            int(digits[12:14]) if n > 12 else 0,
+            int(frac.ljust(6, "0")) if frac else 0,
+            tzinfo=tz,
+        )
+    except ValueError:
+        return None
+    return value, (n - 2) // 2, tz is not None
+
+
+def hl7_timestamp(text: str) -> datetime | None:
+    """An aware datetime from an HL7 DTM of at least day precision; a naive value is taken as UTC."""
+    parts = _ts_parts(text)
+    if parts is None or parts[1] < 3:
+        return None
+    value = parts[0]
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def hl7_date(text: str) -> str:
+    """ISO 8601 date (``YYYY-MM-DD``; ``YYYY-MM`` or ``YYYY`` at lower precision); raw text if unparseable."""
+    parts = _ts_parts(text)
+    if parts is None:
+        return text
+    value, given, _ = parts
+    if given == 1:
+        return f"{value.year:04d}"
+    if given == 2:
+        return f"{value.year:04d}-{value.month:02d}"
+    return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+
+
+def hl7_datetime(text: str) -> str:
+    """ISO 8601 at the precision given; naive stays naive (the sender's local time); else the raw text."""
+    parts = _ts_parts(text)
+    if parts is None:
+        return text
+    value, given, aware = parts
+    if given <= 3:
+        return hl7_date(text)
+    iso = value.isoformat(timespec="seconds" if value.microsecond == 0 else "milliseconds")
+    return iso if aware else iso.replace("+00:00", "")
+
+
+# --- compiled pieces ------------------------------------------------------------------------------
+
+
+class _Ctx:
+    """What compiled getters read: the message, the segments in scope, the current item and facts so far."""
+
+    __slots__ = ("fields", "group", "item", "item_name", "message", "observations", "scope", "trigger")
+
+    def __init__(self, message: Message, trigger: str, scope: dict[str, Segment], group: int) -> None:
+        self.message = message
+        self.trigger = trigger
+        self.scope = scope
+        self.group = group
+        self.item: Segment | None = None
+        self.item_name = ""
+        self.observations: list[_Obs] = []
+        self.fields: dict[str, str | None] = {}
+
+    def seg(self, name: str) -> Segment | None:
+        if self.item is not None and name == self.item_name:
+            return self.item
+        return self.scope.get(name)
+
+
+Getter = Callable[[_Ctx], "str | None"]
+ListGetter = Callable[[_Ctx], list[str]]
+Cond = Callable[[_Ctx], bool]
+Parts = dict[str, "str | None"]
+CompositeGetter = Callable[[_Ctx], list[Parts]]
+
+
+@dataclass(slots=True)
+class _Obs:
+    code: str | None
+    text: str | None
+    value: str | None
+    units: str | None
+    reference_range: str | None
+    flags: tuple[str, ...]
+    status: str | None
+    critical: bool
+    abnormal: bool
+
+    def plain(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "text": self.text,
+            "value": self.value,
+            "units": self.units,
+            "reference_range": self.reference_range,
+            "flags": list(self.flags),
+            "status": self.status,
+            "critical": self.critical,
+        }
+
+
+_PATH_RE = re.compile(r"^([A-Z][A-Z0-9]{2})-([1-9]\d*)(?:\[([1-9]\d*)\])?(?:\.([1-9]\d*)(?:\.([1-9]\d*))?)?$")
+_PART_RE = re.compile(r"^([A-Z]{2,3})-([1-9]\d*)(?:\.([1-9]\d*))?$")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+#: Placeholders of value templates besides HL7 paths: the 1-based number of the group in the message.
+_VALUE_NAMES = frozenset({"group"})
+#: Placeholders of key and link templates besides HL7 paths: facts of the event being built.
+_EVENT_NAMES = frozenset(
+    {
+        "group",
+        "type",
+        "severity",
+        "occurred_at",
+        "digest",
+        "thread_key",
+        "subject.kind",
+        "subject.key",
+        "subject.code",
+        "patient.mrn.value",
+        "patient.mrn.authority",
+        "patient.mrn.type",
+        "encounter.visit_number",
+        "encounter.patient_class",
+        "encounter.location.facility",
+        "encounter.location.unit",
+    }
+)
+
+
+def _clean(value: str) -> str | None:
+    value = value.strip()
+    # "" (two double quotes) is HL7's explicit null (v2 §2.5.3): no value, same as empty.
+    return value if value and value != '""' else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Path:
+    segment: str
+    field: int
+    rep: int | None
+    component: int
+    sub: int
+
+
+class _Compiler:
+    """Turns one validated mapping document into closures; errors name the file and the JSON path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> MappingError:
+        return MappingError(message, source=self.source, path=where)
+
+    # paths and templates
+
+    def path(self, text: str, where: str) -> _Path:
+        m = _PATH_RE.match(text)
+        if m is None:
+            raise self.fail(where, f"not an HL7 path like PID-3[1].4.1: {text!r}")
+        seg, fld, rep, comp, sub = m.groups()
+        return _Path(seg, int(fld), int(rep) if rep else None, int(comp or 0), int(sub or 0))
+
+    def path_getter(self, p: _Path) -> Getter:
+        name, fld, rep, comp, sub = p.segment, p.field, p.rep or 1, p.component, p.sub
+
+        def get(ctx: _Ctx) -> str | None:
+            seg = ctx.seg(name)
+            return None if seg is None else _clean(seg.get_rep(fld, rep, comp, sub))
+
+        return get
+
+    def reps_getter(self, p: _Path, where: str) -> ListGetter:
+        if p.rep is not None:
+            raise self.fail(where, "a path read with 'repetitions: all' must not name a repetition")
+        name, fld, comp, sub = p.segment, p.field, p.component, p.sub
+
+        def get(ctx: _Ctx) -> list[str]:
+            seg = ctx.seg(name)
+            if seg is None:
+                return []
+            values = (_clean(seg.get_rep(fld, r, comp, sub)) for r in range(1, len(seg.repetitions(fld)) + 1))
+            return [v for v in values if v is not None]
+
+        return get
+
+    def template(self, text: str, where: str, names: frozenset[str]) -> Getter:
+        """A template whose value exists only when every placeholder has one."""
+        parts: list[str | Getter] = []
+        pos = 0
+        for m in _PLACEHOLDER_RE.finditer(text):
+            parts.append(text[pos : m.start()])
+            name = m.group(1).strip()
+            if name in names:
+                parts.append(_field_getter(name))
+            elif _PATH_RE.match(name):
+                parts.append(self.path_getter(self.path(name, where)))
+            else:
+                known = ", ".join(sorted(names))
+                raise self.fail(where, f"unknown placeholder {{{name}}} (an HL7 path or one of: {known})")
+            pos = m.end()
+        parts.append(text[pos:])
+        if any(("{" in p or "}" in p) for p in parts if isinstance(p, str)):
+            raise self.fail(where, f"unbalanced braces in template {text!r}")
+        literal = "".join(p for p in parts if isinstance(p, str))
+        getters = [p for p in parts if not isinstance(p, str)]
+        if not getters:
+            return lambda ctx: literal or None
+
+        def render(ctx: _Ctx) -> str | None:
+            out: list[str] = []
+            for part in parts:
+                if isinstance(part, str):
+                    out.append(part)
+                    continue
+                value = part(ctx)
+                if value is None:
+                    return None
+                out.append(value)
+            return "".join(out)
+
+        return render
+
+    def single(self, text: str, where: str) -> Getter:
+        if "{" in text:
+            return self.template(text, where, _VALUE_NAMES)
+        return self.path_getter(self.path(text, where))
+
+    # value sources: a path, a template, an object, or a list of those (fallbacks, first with a value wins)
+
+    def alternatives(self, spec: Any, where: str) -> list[tuple[Any, str]]:
+        if isinstance(spec, list):
+            return [(s, f"{where}[{i}]") for i, s in enumerate(spec)]
+        return [(spec, where)]
+
+    def condition_of(self, spec: Any, where: str) -> Cond | None:
+        if isinstance(spec, dict) and "if" in spec:
+            return self.condition(spec["if"], f"{where}.if")
+        return None
+
+    def text(self, spec: Any, where: str) -> Getter:
+        alts: list[tuple[Cond | None, Getter, Callable[[str], str] | None]] = []
+        for alt, at in self.alternatives(spec, where):
+            fmt: Callable[[str], str] | None = None
+            if isinstance(alt, str):
+                getter = self.single(alt, at)
+            else:
+                fmt = {"date": hl7_date, "datetime": hl7_datetime}.get(alt.get("as", "text"))
+                froms = self.alternatives(alt["from"], f"{at}.from")
+                if alt.get("repetitions") == "all":
+                    join = alt.get("join", ", ")
+                    getters = [self._joined(self.reps_getter(self.path(f, w), w), join) for f, w in froms]
+                else:
+                    getters = [self.single(f, w) for f, w in froms]
+                getter = _first_of(getters)
+            alts.append((self.condition_of(alt, at), getter, fmt))
+        if len(alts) == 1 and alts[0][0] is None and alts[0][2] is None:
+            return alts[0][1]
+
+        def get(ctx: _Ctx) -> str | None:
+            for cond, getter, fmt in alts:
+                if cond is not None and not cond(ctx):
+                    continue
+                value = getter(ctx)
+                if value is not None:
+                    return fmt(value) if fmt is not None else value
+            return None
+
+        return get
+
+    @staticmethod
+    def _joined(getter: ListGetter, sep: str) -> Getter:
+        def get(ctx: _Ctx) -> str | None:
+            return sep.join(getter(ctx)) or None
+
+        return get
+
+    def text_list(self, spec: Any, where: str) -> ListGetter:
+        alts: list[tuple[Cond | None, ListGetter]] = []
+        for alt, at in self.alternatives(spec, where):
+            if isinstance(alt, str):
+                one = self.single(alt, at)
+                alts.append((None, _as_list(one)))
+                continue
+            for f, w in self.alternatives(alt["from"], f"{at}.from"):
+                if alt.get("repetitions") == "all":
+                    alts.append((self.condition_of(alt, at), self.reps_getter(self.path(f, w), w)))
+                else:
+                    alts.append((self.condition_of(alt, at), _as_list(self.single(f, w))))
+
+        def get(ctx: _Ctx) -> list[str]:
+            for cond, getter in alts:
+                if cond is not None and not cond(ctx):
+                    continue
+                values = getter(ctx)
+                if values:
+                    return values
+            return []
+
+        return get
+
+    def timestamp(self, spec: Any, where: str) -> Callable[[_Ctx], datetime | None]:
+        getters = [self.text(s, w) for s, w in self.alternatives(spec, where)]
+
+        def get(ctx: _Ctx) -> datetime | None:
+            for getter in getters:
+                value = getter(ctx)
+                parsed = hl7_timestamp(value) if value is not None else None
+                if parsed is not None:
+                    return parsed
+            return None
+
+        return get
+
+    # composites (CX, XCN, PL): relative parts of one field, one repetition chosen
+
+    def composite(
+        self, spec: dict[str, Any], where: str, datatype: str, parts: Sequence[str]
+    ) -> Callable[[_Ctx], list[dict[str, str | None]]]:
+        """Getter of the chosen repetitions of a composite field as {part: value}; empty ones dropped."""
+        p = self.path(spec["field"], f"{where}.field")
+        if p.component:
+            raise self.fail(f"{where}.field", "a composite 'field' names a field, not a component")
+        name, fld, fixed = p.segment, p.field, p.rep
+        rel: list[tuple[str, int, int]] = []
+        for part in parts:
+            if part in spec:
+                rel.append((part, *self.part(spec[part], f"{where}.{part}", datatype)))
+        choice = spec.get("repetition", "first")
+        if choice == "all" and fixed is not None:
+            raise self.fail(f"{where}.field", "'repetition: all' reads every repetition; the field must not name one")
+        where_part: tuple[int, int] | None = None
+        wanted: frozenset[str] = frozenset()
+        if isinstance(choice, dict):
+            where_part = self.part(choice["where"], f"{where}.repetition.where", datatype)
+            wanted = frozenset(choice["in"])
+
+        def read(raw: str, d: Delimiters, encoding: str) -> dict[str, str | None] | None:
+            comps = raw.split(d.component)
+            values = {part: _leaf(comps, c, s, d, encoding) for part, c, s in rel}
+            return values if any(v is not None for v in values.values()) else None
+
+        def get(ctx: _Ctx) -> list[dict[str, str | None]]:
+            seg = ctx.seg(name)
+            if seg is None:
+                return []
+            # One split of the raw repetition serves every part (and the 'where' test); the
+            # reader's get_rep would re-split the whole field once per part.
+            reps = seg.repetitions(fld)
+            d, encoding = ctx.message.delimiters, ctx.message.encoding
+            if fixed is not None:
+                one = read(reps[fixed - 1], d, encoding) if fixed <= len(reps) else None
+                return [one] if one is not None else []
+            if choice == "all":
+                found = (read(raw, d, encoding) for raw in reps)
+                return [v for v in found if v is not None]
+            if where_part is not None:
+                c, s = where_part
+                for raw in reps:
+                    if _leaf(raw.split(d.component), c, s, d, encoding) in wanted:
+                        hit = read(raw, d, encoding)
+                        if hit is not None:
+                            return [hit]
+            # No repetition qualifies (or none is asked for): the first one that has a value.
+            for raw in reps:
+                first = read(raw, d, encoding)
+                if first is not None:
+                    return [first]
+            return []
+
+        return get
+
+    def part(self, text: str, where: str, datatype: str) -> tuple[int, int]:
+        m = _PART_RE.match(text)
+        if m is None or m.group(1) != datatype:
+            raise self.fail(where, f"not a component of the {datatype} field like {datatype}-4.1: {text!r}")
+        return int(m.group(2)), int(m.group(3) or 0)
+
+    # conditions
+
+    def condition(self, spec: dict[str, Any], where: str) -> Cond:
+        checks: list[Cond] = []
+        for key, value in spec.items():
+            at = f"{where}.{key}"
+            if key == "trigger":
+                checks.append(_trigger_in(frozenset(value)))
+            elif key == "any_of":
+                checks.append(_any_of([self.condition(s, f"{at}[{i}]") for i, s in enumerate(value)]))
+            elif key == "not":
+                checks.append(_negated(self.condition(value, at)))
+            elif key == "any_observation":
+                checks.append(_any_observation(self.observation_predicate(value)))
+            elif key == "all_observations":
+                checks.append(_all_observations(self.observation_predicate(value)))
+            else:
+                checks.append(_value_in(self.path_getter(self.path(key, at)), frozenset(value)))
+        return checks[0] if len(checks) == 1 else _all_of(checks)
+
+    def observation_predicate(self, spec: dict[str, Any]) -> Callable[[_Obs], bool]:
+        tests: list[Callable[[_Obs], bool]] = []
+        if "status" in spec:
+            statuses = frozenset(spec["status"])
+            tests.append(lambda o: o.status in statuses)
+        if "flags" in spec:
+            flags = frozenset(f.upper() for f in spec["flags"])
+            tests.append(lambda o: any(f.upper() in flags for f in o.flags))
+        if "critical" in spec:
+            critical = bool(spec["critical"])
+            tests.append(lambda o: o.critical is critical)
+        if "abnormal" in spec:
+            abnormal = bool(spec["abnormal"])
+            tests.append(lambda o: o.abnormal is abnormal)
+        return lambda o: all(t(o) for t in tests)
+
+
+def _trigger_in(triggers: frozenset[str]) -> Cond:
+    return lambda ctx: ctx.trigger in triggers
+
+
+def _value_in(getter: Getter, allowed: frozenset[str]) -> Cond:
+    return lambda ctx: getter(ctx) in allowed
+
+
+def _any_of(conds: list[Cond]) -> Cond:
+    return lambda ctx: any(c(ctx) for c in conds)
+
+
+def _all_of(conds: list[Cond]) -> Cond:
+    return lambda ctx: all(c(ctx) for c in conds)
+
+
+def _negated(cond: Cond) -> Cond:
+    return lambda ctx: not cond(ctx)
+
+
+def _any_observation(pred: Callable[[_Obs], bool]) -> Cond:
+    return lambda ctx: any(pred(o) for o in ctx.observations)
+
+
+def _all_observations(pred: Callable[[_Obs], bool]) -> Cond:
+    # "All" of no observations would be vacuously true and call an empty report final.
+    return lambda ctx: bool(ctx.observations) and all(pred(o) for o in ctx.observations)
+
+
+def _leaf(comps: list[str], component: int, sub: int, d: Delimiters, encoding: str) -> str | None:
+    """Component ``component`` (subcomponent ``sub``, 0 = whole) of a split repetition, unescaped."""
+    if component > len(comps):
+        return None
+    value = comps[component - 1]
+    if sub and value:
+        subs = value.split(d.subcomponent) if d.subcomponent else [value]
+        value = subs[sub - 1] if sub <= len(subs) else ""
+    if d.escape and d.escape in value:
+        value = unescape(value, d, encoding)
+    value = value.strip()
+    return value if value and value != '""' else None
+
+
+def _field_getter(name: str) -> Getter:
+    if name == "group":
+        return lambda ctx: str(ctx.group)
+    return lambda ctx: ctx.fields.get(name)
+
+
+def _first_of(getters: list[Getter]) -> Getter:
+    if len(getters) == 1:
+        return getters[0]
+
+    def get(ctx: _Ctx) -> str | None:
+        for getter in getters:
+            value = getter(ctx)
+            if value is not None:
+                return value
+        return None
+
+    return get
+
+
+def _as_list(getter: Getter) -> ListGetter:
+    def get(ctx: _Ctx) -> list[str]:
+        value = getter(ctx)
+        return [value] if value is not None else []
+
+    return get
+
+
+# --- one compiled mapping file --------------------------------------------------------------------
+
+# Composite targets: the HL7 data type of the field and the parts of the event model it fills.
+_IDENTIFIER = ("CX", ("value", "authority", "type"))
+_PERSON = ("XCN", ("id", "family", "given", "prefix"))
+_LOCATION = ("PL", ("facility", "unit", "room", "bed"))
+_OBSERVATION_TEXTS = ("code", "text", "value", "units", "reference_range", "status")
+
+
+@dataclass(frozen=True, slots=True)
+class _Match:
+    message: str
+    triggers: frozenset[str]
+    versions: tuple[str, ...]
+
+    def fits(self, message: Message) -> bool:
+        if message.message_code != self.message or message.trigger not in self.triggers:
+            return False
+        return not self.versions or any(fnmatch.fnmatchcase(message.version, v) for v in self.versions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grouping:
+    anchor: str
+    leading: frozenset[str]
+    ends_before: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    when: Cond | None
+    type: EventType
+    severity: Severity
+    severity_rules: tuple[tuple[Cond, Severity], ...]
+    lifecycle: Lifecycle
+    links: tuple[tuple[str, Getter], ...]
+
+
+@dataclass(slots=True)
+class _File:
+    """One mapping file, compiled."""
+
+    source: str
+    name: str
+    matches: tuple[_Match, ...]
+    grouping: _Grouping | None
+    rules: tuple[_Rule, ...]
+    thread_key: tuple[Getter, ...]
+    dedup_key: tuple[Getter, ...]
+    occurred_at: Callable[[_Ctx], datetime | None] | None = None
+    texts: dict[str, Getter] = field(default_factory=dict)
+    identifiers: CompositeGetter | None = None
+    mrn: CompositeGetter | None = None
+    location: CompositeGetter | None = None
+    prior_location: CompositeGetter | None = None
+    attending: CompositeGetter | None = None
+    subject_kind: str | None = None
+    item_segment: str = ""
+    item_texts: dict[str, Getter] = field(default_factory=dict)
+    item_flags: ListGetter | None = None
+    abnormal_flags: frozenset[str] = frozenset()
+
+    def fits(self, message: Message) -> bool:
+        return any(m.fits(message) for m in self.matches)
+
+
+def _compile_file(doc: dict[str, Any], source: str) -> _File:
+    c = _Compiler(source)
+    for_each = doc["for_each"]
+    grouping = None
+    if isinstance(for_each, dict):
+        grouping = _Grouping(
+            anchor=for_each["segment"],
+            leading=frozenset(for_each.get("with_leading", ())),
+            ends_before=frozenset(for_each.get("ends_before", ())),
+        )
+    compiled = _File(
+        source=source,
+        name=Path(source).name,
+        matches=tuple(
+            _Match(m["message"], frozenset(m["triggers"]), tuple(m.get("versions", ()))) for m in doc["match"]
+        ),
+        grouping=grouping,
+        rules=tuple(_compile_rule(c, r, f"$.rules[{i}]") for i, r in enumerate(doc["rules"])),
+        thread_key=tuple(
+            c.template(t, f"$.thread_key[{i}]", _EVENT_NAMES - {"thread_key", "digest"})
+            for i, t in enumerate(_as_seq(doc["thread_key"]))
+        ),
+        dedup_key=tuple(
+            c.template(t, f"$.dedup_key[{i}]", _EVENT_NAMES) for i, t in enumerate(_as_seq(doc["dedup_key"]))
+        ),
+    )
+    if "occurred_at" in doc:
+        compiled.occurred_at = c.timestamp(doc["occurred_at"], "$.occurred_at")
+    patient = doc.get("patient", {})
+    for key in ("family", "given", "birth_date", "sex"):
+        if key in patient:
+            compiled.texts[f"patient.{key}"] = c.text(patient[key], f"$.patient.{key}")
+    if "mrn" in patient:
+        compiled.mrn = c.composite(patient["mrn"], "$.patient.mrn", *_IDENTIFIER)
+    if "identifiers" in patient:
+        compiled.identifiers = c.composite(patient["identifiers"], "$.patient.identifiers", *_IDENTIFIER)
+    encounter = doc.get("encounter", {})
+    for key in ("visit_number", "patient_class", "admitted_at", "discharged_at"):
+        if key in encounter:
+            compiled.texts[f"encounter.{key}"] = c.text(encounter[key], f"$.encounter.{key}")
+    if "location" in encounter:
+        compiled.location = c.composite(encounter["location"], "$.encounter.location", *_LOCATION)
+    if "prior_location" in encounter:
+        compiled.prior_location = c.composite(encounter["prior_location"], "$.encounter.prior_location", *_LOCATION)
+    if "attending" in encounter:
+        compiled.attending = c.composite(encounter["attending"], "$.encounter.attending", *_PERSON)
+    subject = doc.get("subject")
+    if subject is not None:
+        compiled.subject_kind = subject["kind"]
+        for key in ("key", "code", "text", "status"):
+            if key in subject:
+                compiled.texts[f"subject.{key}"] = c.text(subject[key], f"$.subject.{key}")
+    observations = doc.get("observations")
+    if observations is not None:
+        compiled.item_segment = observations["segment"]
+        for key in _OBSERVATION_TEXTS:
+            if key in observations:
+                compiled.item_texts[key] = c.text(observations[key], f"$.observations.{key}")
+        if "flags" in observations:
+            compiled.item_flags = c.text_list(observations["flags"], "$.observations.flags")
+        compiled.abnormal_flags = frozenset(f.upper() for f in observations.get("abnormal_flags", ()))
+    return compiled
+
+
+def _compile_rule(c: _Compiler, spec: dict[str, Any], where: str) -> _Rule:
+    return _Rule(
+        when=c.condition(spec["when"], f"{where}.when") if "when" in spec else None,
+        type=EventType(spec["type"]),
+        severity=Severity(spec["severity"]),
+        severity_rules=tuple(
+            (c.condition(s["when"], f"{where}.severity_rules[{i}].when"), Severity(s["severity"]))
+            for i, s in enumerate(spec.get("severity_rules", ()))
+        ),
+        lifecycle=Lifecycle(spec.get("lifecycle", Lifecycle.NEW.value)),
+        links=tuple(
+            (name, c.template(t, f"{where}.links.{name}", _EVENT_NAMES)) for name, t in spec.get("links", {}).items()
+        ),
+    )
+
+
+def _as_seq(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+# --- applying a compiled file ---------------------------------------------------------------------
+
+
+def _units(message: Message, spec: _File) -> list[tuple[dict[str, Segment], list[Segment]]]:
+    """The scopes of the events of one message: (segments by name, observation segments) per event.
+
+    A group is the anchor (e.g. OBR), the leading segments just before it
+    (ORC), and what follows until the next anchor, leading or ``ends_before``
+    segment. Its scope is the context outside any group before it (the
+    nearest PID, PV1: in ORU^R01 a PATIENT_RESULT may repeat) over the
+    group's own first segments, so a PV1 nested in an order group (OML^O21
+    prior results) does not replace the patient's visit. An ``ends_before``
+    segment (the next PID) also clears the context gathered since the message
+    header, so the next patient never inherits the previous patient's visit.
+    """
+    item = spec.item_segment
+    grouping = spec.grouping
+    if grouping is None:
+        first: dict[str, Segment] = {}
+        items: list[Segment] = []
+        for seg in message.segments:
+            first.setdefault(seg.name, seg)
+            if seg.name == item:
+                items.append(seg)
+        return [(first, items)]
+    anchor, leading, ends = grouping.anchor, grouping.leading, grouping.ends_before
+    outer: dict[str, Segment] = {}
+    header: dict[str, Segment] | None = None
+    units: list[tuple[dict[str, Segment], list[Segment]]] = []
+    current: dict[str, Segment] | None = None
+    current_items: list[Segment] = []
+    anchored = False
+    for seg in message.segments:
+        name = seg.name
+        if name == anchor and current is not None and not anchored:
+            current.setdefault(name, seg)
+            anchored = True
+            continue
+        if name == anchor or name in leading or name in ends:
+            if current is not None and anchored:
+                units.append(({**current, **outer}, current_items))
+            current, current_items, anchored = None, [], False
+            if name in ends:
+                if header is None:
+                    header = dict(outer)
+                outer = {**header, name: seg}
+            else:
+                current, anchored = {name: seg}, name == anchor
+            continue
+        if current is None:
+            outer[name] = seg
+            continue
+        current.setdefault(name, seg)
+        if anchored and name == item:
+            current_items.append(seg)
+    if current is not None and anchored:
+        units.append(({**current, **outer}, current_items))
+    return units
+
+
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    event_id: str
+    message_id: str
+    source: str
+    origin: dict[str, str]
+
+
+def _digest(content: dict[str, Any]) -> str:
+    # repr of plain dicts, lists and strings built in a fixed order is canonical and several
+    # times cheaper than sorted JSON; the digest only has to be stable within a deployment.
+    return hashlib.sha256(repr(content).encode("utf-8")).hexdigest()[:16]
+
+
+class Mapper:
+    """The compiled mapping files, in the order they are tried."""
+
+    def __init__(self, files: Sequence[_File], options: MappingOptions) -> None:
+        self._files = tuple(files)
+        self._options = options
+        self._critical = frozenset(f.upper() for f in options.critical_flags)
+        self._by_code: dict[str, tuple[_File, ...]] = {}
+        for f in self._files:
+            for code in {m.message for m in f.matches}:
+                self._by_code[code] = (*self._by_code.get(code, ()), f)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The loaded files, in the order they are tried."""
+        return tuple(f.source for f in self._files)
+
+    @classmethod
+    def load(cls, options: MappingOptions = _DEFAULT_OPTIONS) -> Mapper:
+        """Load, validate and compile the bundled mappings and ``options.extra_paths``.
+
+        Order: bundled files by file name; an extra file with the same file name
+        as a bundled one replaces it in place; other extra files follow, in the
+        order given (folders by file name). The first file whose match fits a
+        message maps it. Raises MappingError naming the file and JSON path.
+        """
+        base = mappings_dir()
+        paths = {p.name: p for p in sorted((base / "hl7v2").glob("*.yaml"))}
+        for extra in options.extra_paths:
+            for p in sorted(extra.glob("*.yaml")) if extra.is_dir() else [extra]:
+                # dicts keep insertion order: a known name is replaced in place, a new one appended.
+                paths[p.name] = p
+        schema = base / "schema.json"
+        files = [_compile_file(load_document(p, schema), str(p)) for p in paths.values()]
+        return cls(files, options)
+
+    @classmethod
+    def from_documents(
+        cls, docs: Iterable[tuple[str, dict[str, Any]]], options: MappingOptions = _DEFAULT_OPTIONS
+    ) -> Mapper:
+        """Compile already validated documents (name, content); for tools and tests."""
+        return cls([_compile_file(doc, name) for name, doc in docs], options)
+
+    def _file_for(self, message: Message) -> _File | None:
+        for f in self._by_code.get(message.message_code, ()):
+            if f.fits(message):
+                return f
+        return None
+
+    def matches(self, message: Message) -> bool:
+        """True when some mapping file takes this message (even if it yields no event)."""
+        return self._file_for(message) is not None
+
+    def map_hl7(
+        self,
+        message: Message,
+        *,
+        message_id: str,
+        source: str,
+        received_at: datetime,
+        origin: dict[str, str],
+    ) -> list[ClinicalEvent]:
+        """The events of one parsed message; [] when no file matches or no rule fits."""
+        spec = self._file_for(message)
+        if spec is None:
+            return []
+        fallback_time = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
+        events: list[ClinicalEvent] = []
+        trigger = message.trigger
+        for index, (scope, items) in enumerate(_units(message, spec), start=1):
+            ctx = _Ctx(message, trigger, scope, index)
+            event = self._event(
+                spec,
+                ctx,
+                items,
+                _Ids(f"{message_id}-{len(events) + 1}", message_id, source, origin),
+                fallback_time,
+            )
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _observations(self, spec: _File, ctx: _Ctx, items: list[Segment]) -> list[_Obs]:
+        result: list[_Obs] = []
+        ctx.item_name = spec.item_segment
+        texts = spec.item_texts
+        for seg in items:
+            ctx.item = seg
+            values = {key: getter(ctx) for key, getter in texts.items()}
+            flags = tuple(spec.item_flags(ctx)) if spec.item_flags is not None else ()
+            upper = {f.upper() for f in flags}
+            critical = not upper.isdisjoint(self._critical)
+            result.append(
+                _Obs(
+                    code=values.get("code"),
+                    text=values.get("text"),
+                    value=values.get("value"),
+                    units=values.get("units"),
+                    reference_range=values.get("reference_range"),
+                    flags=flags,
+                    status=values.get("status"),
+                    critical=critical,
+                    abnormal=critical or not upper.isdisjoint(spec.abnormal_flags),
+                )
+            )
+        ctx.item = None
+        return result
+
+    def _event(
+        self, spec: _File, ctx: _Ctx, items: list[Segment], ids: _Ids, fallback_time: datetime
+    ) -> ClinicalEvent | None:
+        ctx.observations = self._observations(spec, ctx, items)
+        rule = next((r for r in spec.rules if r.when is None or r.when(ctx)), None)
+        if rule is None:
+            return None
+        severity = next((s for cond, s in rule.severity_rules if cond(ctx)), rule.severity)
+        t = {key: getter(ctx) for key, getter in spec.texts.items()}
+        mrn = _one(spec.mrn, ctx)
+        identifiers = spec.identifiers(ctx) if spec.identifiers is not None else []
+        location = _one(spec.location, ctx) or {}
+        patient: dict[str, Any] = {
+            # Identifier.value is required: a CX with only an authority identifies nothing.
+            "mrn": mrn if mrn is not None and mrn.get("value") is not None else None,
+            "identifiers": [i for i in identifiers if i.get("value") is not None],
+            "family": t.get("patient.family"),
+            "given": t.get("patient.given"),
+            "birth_date": t.get("patient.birth_date"),
+            "sex": t.get("patient.sex"),
+        }
+        encounter: dict[str, Any] = {
+            "visit_number": t.get("encounter.visit_number"),
+            "patient_class": t.get("encounter.patient_class"),
+            "location": location,
+            "prior_location": _one(spec.prior_location, ctx),
+            "attending": _one(spec.attending, ctx),
+            "admitted_at": t.get("encounter.admitted_at"),
+            "discharged_at": t.get("encounter.discharged_at"),
+        }
+        subject: dict[str, Any] | None = None
+        if spec.subject_kind is not None:
+            subject = {
+                "kind": spec.subject_kind,
+                "key": t.get("subject.key"),
+                "code": t.get("subject.code"),
+                "text": t.get("subject.text"),
+                "status": t.get("subject.status"),
+                "observations": [o.plain() for o in ctx.observations],
+            }
+        occurred = (spec.occurred_at(ctx) if spec.occurred_at is not None else None) or fallback_time
+        # The digest covers the clinical content only (not control ID, times or origin), so the same
+        # fact re-sent under a new control ID digests the same, and a changed result does not.
+        digest = _digest({"type": rule.type.value, "patient": patient, "encounter": encounter, "subject": subject})
+        mrn_fields: Parts = patient["mrn"] or {}
+        ctx.fields = {
+            "type": rule.type.value,
+            "severity": severity.value,
+            "occurred_at": occurred.isoformat(),
+            "digest": digest,
+            "subject.kind": spec.subject_kind,
+            "subject.key": t.get("subject.key"),
+            "subject.code": t.get("subject.code"),
+            "patient.mrn.value": mrn_fields.get("value"),
+            "patient.mrn.authority": mrn_fields.get("authority"),
+            "patient.mrn.type": mrn_fields.get("type"),
+            "encounter.visit_number": encounter["visit_number"],
+            "encounter.patient_class": encounter["patient_class"],
+            "encounter.location.facility": location.get("facility"),
+            "encounter.location.unit": location.get("unit"),
+        }
+        # Without a resolvable template the keys fall back to this message only: never a false match.
+        thread_key = _first_rendered(spec.thread_key, ctx) or f"msg:{ids.message_id}"
+        ctx.fields["thread_key"] = thread_key
+        dedup_key = _first_rendered(spec.dedup_key, ctx) or f"{rule.type.value}:{ids.event_id}"
+        links = {name: value for name, getter in rule.links if (value := getter(ctx)) is not None}
+        # One validation of the whole plain tree runs in pydantic-core; building the nested
+        # models one by one (even with model_construct) costs several times more.
+        return ClinicalEvent.model_validate(
+            {
+                "id": ids.event_id,
+                "type": rule.type,
+                "severity": severity,
+                "occurred_at": occurred,
+                "source": ids.source,
+                "patient": patient,
+                "encounter": encounter,
+                "subject": subject,
+                "thread_key": thread_key,
+                "dedup_key": dedup_key,
+                "lifecycle": rule.lifecycle,
+                "links": links,
+                "origin": dict(ids.origin),
+            }
+        )
+
+
+def _first_rendered(templates: Iterable[Getter], ctx: _Ctx) -> str | None:
+    for template in templates:
+        value = template(ctx)
+        if value is not None:
+            return value
+    return None
+
+
+def _one(getter: CompositeGetter | None, ctx: _Ctx) -> Parts | None:
+    found = getter(ctx) if getter is not None else []
+    return found[0] if found else None

@@ -1,0 +1,674 @@
+"""The bundled HL7 v2 mappings and the engine that applies them, on synthetic messages.
+
+Every name and number below is invented ("Testpatient^Alpha", facility TESTHOSP).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.errors import MappingError
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
+from bridge.hl7.reader import Message, parse
+from bridge.mapping import (
+    Mapper,
+    MappingOptions,
+    hl7_date,
+    hl7_datetime,
+    hl7_timestamp,
+    load_document,
+    mappings_dir,
+)
+
+RECEIVED = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+MSH_ADT = "MSH|^~\\&|ADTAPP|TESTHOSP|BRIDGE|TESTHOSP|20240115103000||ADT^{trigger}|CTRL{trigger}|P|2.5.1"
+EVN = "EVN|{trigger}|20240115102500-0500"
+PID = "PID|1||999^^^OTHERHOSP^PI~12345^^^TESTHOSP&1.2.3&ISO^MR||Testpatient&van^Alpha^B||19800521|F||||||||||ACCT77"
+# PV1: 2 class, 3 location, 6 prior location, 7 attending, 19 visit number, 44/45 admit/discharge.
+PV1 = (
+    "PV1|1|I|4E^136^B^TESTHOSP|||3W^301^A^TESTHOSP|1234^Doctor&Dr^Test^^^Dr||||||||||||V555"
+    + "|" * 25
+    + "20240115102000|20240120080000"
+)
+
+
+def hl7(*segments: str) -> Message:
+    return parse(("\r".join(segments) + "\r").encode())
+
+
+def adt(trigger: str, *segments: str) -> Message:
+    return hl7(MSH_ADT.format(trigger=trigger), EVN.format(trigger=trigger), *segments)
+
+
+@pytest.fixture(scope="module")
+def mapper() -> Mapper:
+    return Mapper.load()
+
+
+def run(mapper: Mapper, message: Message, message_id: str = "msg1") -> list[ClinicalEvent]:
+    return mapper.map_hl7(
+        message,
+        message_id=message_id,
+        source="urn:ehr-bridge:hl7v2:test",
+        received_at=RECEIVED,
+        origin={"listener": "test", "control_id": "C1"},
+    )
+
+
+def one(mapper: Mapper, message: Message) -> ClinicalEvent:
+    events = run(mapper, message)
+    assert len(events) == 1
+    return events[0]
+
+
+# --- ADT ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trigger", "event_type", "severity", "lifecycle", "links"),
+    [
+        ("A01", EventType.ENCOUNTER_ADMITTED, Severity.NOTICE, Lifecycle.NEW, {}),
+        ("A02", EventType.ENCOUNTER_TRANSFERRED, Severity.NOTICE, Lifecycle.NEW, {}),
+        ("A03", EventType.ENCOUNTER_DISCHARGED, Severity.NOTICE, Lifecycle.NEW, {}),
+        ("A04", EventType.ENCOUNTER_REGISTERED, Severity.NOTICE, Lifecycle.NEW, {}),
+        ("A08", EventType.ENCOUNTER_UPDATED, Severity.INFO, Lifecycle.NEW, {}),
+        (
+            "A11",
+            EventType.ADMISSION_CANCELLED,
+            Severity.NOTICE,
+            Lifecycle.CANCEL,
+            {"cancels": "encounter.admitted"},
+        ),
+        (
+            "A12",
+            EventType.TRANSFER_CANCELLED,
+            Severity.NOTICE,
+            Lifecycle.CANCEL,
+            {"cancels": "encounter.transferred"},
+        ),
+        (
+            "A13",
+            EventType.DISCHARGE_CANCELLED,
+            Severity.NOTICE,
+            Lifecycle.CANCEL,
+            {"cancels": "encounter.discharged"},
+        ),
+    ],
+)
+def test_adt_trigger_maps_to_its_event_type_lifecycle_and_links(
+    mapper: Mapper,
+    trigger: str,
+    event_type: EventType,
+    severity: Severity,
+    lifecycle: Lifecycle,
+    links: dict[str, str],
+) -> None:
+    event = one(mapper, adt(trigger, PID, PV1))
+    assert (event.type, event.severity, event.lifecycle, event.links) == (
+        event_type,
+        severity,
+        lifecycle,
+        links,
+    )
+    assert event.thread_key == "enc:TESTHOSP:V555"
+    assert event.subject is not None and event.subject.kind == "encounter"
+
+
+def test_adt_extracts_patient_fields_with_the_mr_identifier_as_mrn(mapper: Mapper) -> None:
+    patient = one(mapper, adt("A01", PID, PV1)).patient
+    assert patient.mrn is not None
+    assert (patient.mrn.value, patient.mrn.authority, patient.mrn.type) == ("12345", "TESTHOSP", "MR")
+    assert [i.value for i in patient.identifiers] == ["999", "12345"]
+    # XPN-1 is FN: the surname is its first subcomponent.
+    assert (patient.family, patient.given, patient.birth_date, patient.sex) == (
+        "Testpatient",
+        "Alpha",
+        "1980-05-21",
+        "F",
+    )
+
+
+def test_adt_extracts_encounter_location_attending_and_times(mapper: Mapper) -> None:
+    enc = one(mapper, adt("A02", PID, PV1)).encounter
+    assert (enc.visit_number, enc.patient_class) == ("V555", "I")
+    assert (enc.location.facility, enc.location.unit, enc.location.room, enc.location.bed) == (
+        "TESTHOSP",
+        "4E",
+        "136",
+        "B",
+    )
+    assert enc.prior_location is not None and enc.prior_location.unit == "3W"
+    assert enc.attending is not None
+    assert (enc.attending.id, enc.attending.family, enc.attending.given, enc.attending.prefix) == (
+        "1234",
+        "Doctor",
+        "Test",
+        "Dr",
+    )
+    assert (enc.admitted_at, enc.discharged_at) == ("2024-01-15T10:20:00", "2024-01-20T08:00:00")
+
+
+def test_mrn_falls_back_to_the_first_identifier_without_an_mr_type(mapper: Mapper) -> None:
+    event = one(mapper, adt("A01", "PID|1||777^^^LAB^PI~888^^^LAB^AN||Testpatient^Beta", PV1))
+    assert event.patient.mrn is not None and event.patient.mrn.value == "777"
+
+
+def test_visit_number_falls_back_to_the_account_number(mapper: Mapper) -> None:
+    event = one(mapper, adt("A01", PID, "PV1|1|O|CLINIC^^^TESTHOSP"))
+    assert event.encounter.visit_number == "ACCT77"
+    assert event.thread_key == "enc:TESTHOSP:ACCT77"
+
+
+def test_missing_pv1_does_not_fail_and_threads_on_the_patient(mapper: Mapper) -> None:
+    event = one(mapper, adt("A08", "PID|1||12345^^^TESTHOSP^MR||Testpatient^Alpha"))
+    assert event.encounter.visit_number is None
+    assert event.encounter.attending is None
+    assert event.thread_key == "pat:TESTHOSP:12345"
+
+
+def test_mrn_without_authority_threads_on_the_sending_facility(mapper: Mapper) -> None:
+    event = one(mapper, adt("A08", "PID|1||12345||Testpatient^Alpha"))
+    assert event.thread_key == "pat:TESTHOSP:12345"
+
+
+def test_message_without_patient_or_visit_threads_on_its_control_id(mapper: Mapper) -> None:
+    assert one(mapper, adt("A08")).thread_key == "msg:CTRLA08"
+
+
+def test_visit_numbers_of_two_facilities_do_not_share_a_thread(mapper: Mapper) -> None:
+    other = MSH_ADT.replace("|ADTAPP|TESTHOSP|", "|ADTAPP|OTHERHOSP|").format(trigger="A01")
+    here = one(mapper, adt("A01", PID, PV1))
+    there = one(mapper, hl7(other, EVN.format(trigger="A01"), PID, PV1))
+    assert here.thread_key != there.thread_key
+
+
+@pytest.mark.parametrize(
+    ("evn", "msh_time", "expected"),
+    [
+        (
+            "EVN|A01|20240115102500-0500",
+            "20240115103000",
+            datetime(2024, 1, 15, 10, 25, tzinfo=timezone(-timedelta(hours=5))),
+        ),
+        ("EVN|A01|||||20240115090000", "20240115103000", datetime(2024, 1, 15, 9, 0, tzinfo=UTC)),
+        (
+            "EVN|A01",
+            "20240115103000+0100",
+            datetime(2024, 1, 15, 10, 30, tzinfo=timezone(timedelta(hours=1))),
+        ),
+        ("EVN|A01|not-a-time", "20240115103000", datetime(2024, 1, 15, 10, 30, tzinfo=UTC)),
+        ("EVN|A01", "garbage", RECEIVED),
+    ],
+)
+def test_occurred_at_is_the_first_time_that_parses(mapper: Mapper, evn: str, msh_time: str, expected: datetime) -> None:
+    msh = MSH_ADT.format(trigger="A01").replace("|20240115103000|", f"|{msh_time}|")
+    assert one(mapper, hl7(msh, evn, PID, PV1)).occurred_at == expected
+
+
+def test_hl7_null_is_no_value(mapper: Mapper) -> None:
+    event = one(mapper, adt("A08", 'PID|1||12345^^^TESTHOSP^MR||Testpatient^Alpha||""|""'))
+    assert (event.patient.birth_date, event.patient.sex) == (None, None)
+
+
+def test_escaped_delimiters_in_names_are_unescaped(mapper: Mapper) -> None:
+    event = one(mapper, adt("A01", "PID|1||12345^^^TESTHOSP^MR||Test\\T\\patient^Al\\S\\pha"))
+    assert (event.patient.family, event.patient.given) == ("Test&patient", "Al^pha")
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        ("PID",),
+        ("PID|", "PV1|"),
+        ("PID|||^^^^MR", "PV1|||^^^", "ZZZ|odd|content"),
+        ("PID|1||~~~", "PV1|1|I|~~||||~"),
+        ("NTE|1|free text", "PV1|1|I|4E^136\\E\\^B^TESTHOSP"),
+    ],
+)
+def test_odd_content_never_raises(mapper: Mapper, segments: tuple[str, ...]) -> None:
+    event = one(mapper, adt("A01", *segments))
+    assert event.type is EventType.ENCOUNTER_ADMITTED
+
+
+def test_event_ids_source_and_origin_come_from_the_caller(mapper: Mapper) -> None:
+    event = run(mapper, adt("A01", PID, PV1), message_id="j42")[0]
+    assert event.id == "j42-1"
+    assert event.source == "urn:ehr-bridge:hl7v2:test"
+    assert event.origin == {"listener": "test", "control_id": "C1"}
+
+
+def test_adt_resent_under_a_new_control_id_has_the_same_dedup_key(mapper: Mapper) -> None:
+    first = one(mapper, adt("A01", PID, PV1))
+    msh = MSH_ADT.format(trigger="A01").replace("CTRLA01", "RESENT9").replace("20240115103000", "20240115110000")
+    again = one(mapper, hl7(msh, EVN.format(trigger="A01"), PID, PV1))
+    assert first.dedup_key == again.dedup_key
+
+
+def test_readmission_after_a_cancel_is_a_new_fact(mapper: Mapper) -> None:
+    first = one(mapper, adt("A01", PID, PV1))
+    later = one(mapper, hl7(MSH_ADT.format(trigger="A01"), "EVN|A01|20240116080000", PID, PV1))
+    assert first.dedup_key != later.dedup_key
+
+
+# --- ORU ------------------------------------------------------------------------------------------
+
+MSH_ORU = "MSH|^~\\&|LAB|TESTHOSP|BRIDGE|TESTHOSP|20240115103000||ORU^R01^ORU_R01|{control}|P|2.5.1"
+ORU_PID = "PID|1||12345^^^TESTHOSP^MR||Testpatient^Alpha||19800521|F"
+ORU_PV1 = "PV1|1|I|ICU^12^A^TESTHOSP||||1234^Doctor^Test" + "|" * 12 + "V555"
+
+
+def obr(set_id: int, filler: str, status: str = "", placer: str = "") -> str:
+    return f"OBR|{set_id}|{placer}|{filler}|BMP^Basic metabolic panel" + "|" * 21 + status
+
+
+def obx(set_id: int, code: str, value: str, flags: str, status: str, value_type: str = "NM") -> str:
+    return f"OBX|{set_id}|{value_type}|{code}^{code} test||{value}|mmol/L|3.5-5.1|{flags}|||{status}"
+
+
+def oru(*groups: str, control: str = "LAB1") -> Message:
+    return hl7(MSH_ORU.format(control=control), ORU_PID, ORU_PV1, *groups)
+
+
+@pytest.mark.parametrize(
+    ("observations", "obr_status", "event_type", "severity", "lifecycle"),
+    [
+        (
+            [("K", "6.8", "HH", "F"), ("NA", "140", "N", "F")],
+            "F",
+            EventType.RESULT_CRITICAL,
+            Severity.CRITICAL,
+            Lifecycle.NEW,
+        ),
+        ([("K", "2.1", "LL", "P")], "P", EventType.RESULT_CRITICAL, Severity.CRITICAL, Lifecycle.NEW),
+        (
+            [("K", "4.0", "N", "F"), ("NA", "140", "N", "F")],
+            "",
+            EventType.RESULT_FINAL,
+            Severity.NOTICE,
+            Lifecycle.NEW,
+        ),
+        ([("K", "4.0", "N", "P")], "F", EventType.RESULT_FINAL, Severity.NOTICE, Lifecycle.NEW),
+        ([("K", "5.4", "H", "F")], "F", EventType.RESULT_FINAL, Severity.WARNING, Lifecycle.NEW),
+        ([("K", "4.0", "N", "P")], "P", EventType.RESULT_PRELIMINARY, Severity.INFO, Lifecycle.NEW),
+        (
+            [("K", "4.0", "N", "F"), ("NA", "140", "", "P")],
+            "",
+            EventType.RESULT_PRELIMINARY,
+            Severity.INFO,
+            Lifecycle.NEW,
+        ),
+        ([("K", "4.0", "N", "C")], "F", EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CORRECT),
+        ([("K", "6.9", "HH", "C")], "C", EventType.RESULT_CORRECTED, Severity.CRITICAL, Lifecycle.CORRECT),
+        ([("K", "4.0", "N", "W")], "F", EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CANCEL),
+        (
+            [("K", "", "", "D"), ("NA", "", "", "D")],
+            "",
+            EventType.RESULT_CORRECTED,
+            Severity.NOTICE,
+            Lifecycle.CANCEL,
+        ),
+        (
+            [("K", "", "", "D"), ("NA", "140", "N", "F")],
+            "",
+            EventType.RESULT_CORRECTED,
+            Severity.NOTICE,
+            Lifecycle.CORRECT,
+        ),
+        ([], "", EventType.RESULT_PRELIMINARY, Severity.INFO, Lifecycle.NEW),
+    ],
+)
+def test_oru_event_type_follows_result_status_and_flags(
+    mapper: Mapper,
+    observations: list[tuple[str, str, str, str]],
+    obr_status: str,
+    event_type: EventType,
+    severity: Severity,
+    lifecycle: Lifecycle,
+) -> None:
+    lines = [obx(i, code, value, flags, status) for i, (code, value, flags, status) in enumerate(observations, 1)]
+    event = one(mapper, oru("ORC|RE|PL1|FL1", obr(1, "FL1", obr_status, "PL1"), *lines))
+    assert (event.type, event.severity, event.lifecycle) == (event_type, severity, lifecycle)
+
+
+def test_correction_links_to_the_subject_key(mapper: Mapper) -> None:
+    event = one(mapper, oru(obr(1, "FL1", "C"), obx(1, "K", "4.0", "N", "C")))
+    assert event.links == {"corrects": "FL1"}
+
+
+def test_withdrawn_result_links_to_the_subject_key_it_cancels(mapper: Mapper) -> None:
+    event = one(mapper, oru(obr(1, "FL1", "F"), obx(1, "K", "4.0", "N", "W")))
+    assert event.links == {"cancels": "FL1"}
+
+
+def test_critical_flags_are_configurable(mapper: Mapper) -> None:
+    message = oru(obr(1, "FL1", "F"), obx(1, "K", "5.4", "H", "F"))
+    assert one(mapper, message).type is EventType.RESULT_FINAL
+    site = Mapper.load(MappingOptions(critical_flags=frozenset({"HH", "LL", "AA", "H"})))
+    event = one(site, message)
+    assert event.type is EventType.RESULT_CRITICAL
+    assert event.subject is not None and event.subject.observations[0].critical
+
+
+def test_observation_fields_are_extracted(mapper: Mapper) -> None:
+    line = "OBX|1|NM|K^Potassium^LN||6.8~6.9|mmol/L^millimole per liter^UCUM|3.5-5.1|HH~A|||F"
+    event = one(mapper, oru(obr(1, "FL1", "F"), line))
+    assert event.subject is not None
+    o = event.subject.observations[0]
+    assert (o.code, o.text, o.value, o.units, o.reference_range, o.flags, o.status, o.critical) == (
+        "K",
+        "Potassium",
+        "6.8, 6.9",
+        "mmol/L",
+        "3.5-5.1",
+        ("HH", "A"),
+        "F",
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value_type", "value", "shown"),
+    [
+        ("CWE", "123^E. coli^SCT~456^Klebsiella^SCT", "E. coli, Klebsiella"),
+        ("CE", "POS^^LOCAL", "POS"),
+        ("SN", "<^10", "<10"),
+        ("SN", "^1^:^128", "1:128"),
+        ("SN", "^182", "182"),
+        ("ST", "see note", "see note"),
+    ],
+)
+def test_observation_values_read_by_value_type(mapper: Mapper, value_type: str, value: str, shown: str) -> None:
+    event = one(mapper, oru(obr(1, "FL1", "F"), f"OBX|1|{value_type}|X^X test||{value}||||||F"))
+    assert event.subject is not None and event.subject.observations[0].value == shown
+
+
+def test_each_obr_makes_one_event_with_its_own_observations(mapper: Mapper) -> None:
+    events = run(
+        mapper,
+        oru(
+            "ORC|RE|PL1|FL1",
+            obr(1, "FL1", "F"),
+            "NTE|1||comment",
+            obx(1, "K", "6.8", "HH", "F"),
+            "ORC|RE|PL2|FL2",
+            obr(2, "FL2", "F"),
+            obx(1, "NA", "140", "N", "F"),
+            obx(2, "CL", "101", "N", "F"),
+        ),
+        message_id="m7",
+    )
+    assert [e.id for e in events] == ["m7-1", "m7-2"]
+    assert [e.type for e in events] == [EventType.RESULT_CRITICAL, EventType.RESULT_FINAL]
+    assert [e.subject.key for e in events if e.subject] == ["FL1", "FL2"]
+    assert [[o.code for o in e.subject.observations] for e in events if e.subject] == [["K"], ["NA", "CL"]]
+    assert {e.thread_key for e in events} == {"enc:TESTHOSP:V555"}
+
+
+@pytest.mark.parametrize(
+    ("orc", "obr_line", "key"),
+    [
+        ("ORC|RE|PL1|FL1", obr(1, "FLOBR", "F", "PLOBR"), "FLOBR"),
+        ("ORC|RE|PL1|FL1", obr(1, "", "F", "PLOBR"), "PLOBR"),
+        ("ORC|RE|PL1|FL1", obr(1, "", "F"), "FL1"),
+        ("ORC|RE|PL1", obr(1, "", "F"), "PL1"),
+        ("NTE|1||no order control", obr(3, "", "F"), "LAB1-3"),
+        ("NTE|1||no order control", "OBR||||BMP", "LAB1-1"),
+    ],
+)
+def test_result_subject_key_falls_back_from_filler_to_placer_to_message(
+    mapper: Mapper, orc: str, obr_line: str, key: str
+) -> None:
+    event = one(mapper, oru(orc, obr_line, obx(1, "K", "4.0", "N", "F")))
+    assert event.subject is not None and event.subject.key == key
+
+
+def test_an_obr_without_orc_does_not_inherit_the_previous_orc(mapper: Mapper) -> None:
+    events = run(mapper, oru("ORC|RE|PL1|FL1", obr(1, "", "F"), obr(2, "", "F")))
+    assert [e.subject.key for e in events if e.subject] == ["FL1", "LAB1-2"]
+
+
+def test_results_of_two_patients_in_one_message_keep_their_patient(mapper: Mapper) -> None:
+    events = run(
+        mapper,
+        oru(
+            obr(1, "FL1", "F"),
+            obx(1, "K", "4.0", "N", "F"),
+            "PID|1||67890^^^TESTHOSP^MR||Testpatient^Gamma",
+            "PV1|1|O|CLINIC^^^TESTHOSP" + "|" * 16 + "V777",
+            obr(1, "FL2", "F"),
+            obx(1, "K", "4.1", "N", "F"),
+        ),
+    )
+    assert [e.patient.given for e in events] == ["Alpha", "Gamma"]
+    assert [e.thread_key for e in events] == ["enc:TESTHOSP:V555", "enc:TESTHOSP:V777"]
+
+
+def test_the_next_patient_never_inherits_the_previous_visit(mapper: Mapper) -> None:
+    events = run(
+        mapper,
+        oru(
+            obr(1, "FL1", "F"),
+            "PID|1||67890^^^TESTHOSP^MR||Testpatient^Gamma",
+            obr(1, "FL2", "F"),
+        ),
+    )
+    assert [(e.encounter.visit_number, e.thread_key) for e in events] == [
+        ("V555", "enc:TESTHOSP:V555"),
+        (None, "pat:TESTHOSP:67890"),
+    ]
+    assert events[1].encounter.attending is None
+
+
+def test_same_result_resent_has_the_same_dedup_key_and_final_differs_from_preliminary(mapper: Mapper) -> None:
+    preliminary = one(mapper, oru(obr(1, "FL1", "P"), obx(1, "K", "4.0", "N", "P"), control="A"))
+    resent = one(mapper, oru(obr(1, "FL1", "P"), obx(1, "K", "4.0", "N", "P"), control="B"))
+    final = one(mapper, oru(obr(1, "FL1", "F"), obx(1, "K", "4.0", "N", "F"), control="C"))
+    assert preliminary.dedup_key == resent.dedup_key
+    assert final.dedup_key != preliminary.dedup_key
+
+
+def test_oru_without_obr_yields_no_events(mapper: Mapper) -> None:
+    message = oru(obx(1, "K", "4.0", "N", "F"))
+    assert run(mapper, message) == []
+    assert mapper.matches(message)
+
+
+# --- orders ---------------------------------------------------------------------------------------
+
+
+def order(code: str, trigger: str, *orcs: str) -> Message:
+    msh = f"MSH|^~\\&|CPOE|TESTHOSP|LAB|TESTHOSP|20240115103000||{code}^{trigger}|ORD1|P|2.5.1"
+    return hl7(msh, ORU_PID, ORU_PV1, *orcs)
+
+
+@pytest.mark.parametrize(("code", "trigger"), [("ORM", "O01"), ("OML", "O21")])
+@pytest.mark.parametrize(
+    ("control", "event_type", "lifecycle", "links"),
+    [
+        ("NW", EventType.ORDER_PLACED, Lifecycle.NEW, {}),
+        ("CA", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "order.placed"}),
+        ("OC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "order.placed"}),
+        ("DC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "order.placed"}),
+    ],
+)
+def test_order_control_decides_placed_or_cancelled(
+    mapper: Mapper,
+    code: str,
+    trigger: str,
+    control: str,
+    event_type: EventType,
+    lifecycle: Lifecycle,
+    links: dict[str, str],
+) -> None:
+    event = one(mapper, order(code, trigger, f"ORC|{control}|PL1|FL1||IP", "OBR|1|PL1|FL1|CBC^Blood count"))
+    assert (event.type, event.lifecycle, event.links) == (event_type, lifecycle, links)
+    assert event.subject is not None
+    assert (event.subject.kind, event.subject.key, event.subject.code, event.subject.text) == (
+        "order",
+        "PL1",
+        "CBC",
+        "Blood count",
+    )
+
+
+def test_each_orc_makes_one_order_event(mapper: Mapper) -> None:
+    events = run(
+        mapper,
+        order("ORM", "O01", "ORC|NW|PL1", "OBR|1|PL1||CBC", "ORC|CA|PL2", "OBR|1|PL2||BMP", "ORC|SC|PL3"),
+    )
+    assert [(e.type, e.subject.key if e.subject else None) for e in events] == [
+        (EventType.ORDER_PLACED, "PL1"),
+        (EventType.ORDER_CANCELLED, "PL2"),
+    ]
+
+
+def test_unmapped_order_control_yields_no_event_but_the_message_is_mapped(mapper: Mapper) -> None:
+    message = order("ORM", "O01", "ORC|SC|PL1", "OBR|1|PL1||CBC")
+    assert run(mapper, message) == []
+    assert mapper.matches(message)
+
+
+# --- matching -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message_type", ["ADT^A40", "SIU^S12", "ADT^A31", "MDM^T02", "ORU^R30"])
+def test_unmapped_message_types_yield_nothing(mapper: Mapper, message_type: str) -> None:
+    message = hl7(f"MSH|^~\\&|X|TESTHOSP|Y|TESTHOSP|20240115103000||{message_type}|U1|P|2.5", PID, PV1)
+    assert run(mapper, message) == []
+    assert not mapper.matches(message)
+
+
+def write(path: Path, doc: object) -> Path:
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def bundled(name: str) -> dict[str, Any]:
+    loaded = yaml.safe_load((mappings_dir() / "hl7v2" / name).read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_extra_file_with_a_bundled_name_replaces_it(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["rules"] = [{"when": {"trigger": ["A01"]}, "type": "encounter.admitted", "severity": "warning"}]
+    site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),)))
+    assert [Path(s).name for s in site.sources] == ["adt.yaml", "orders.yaml", "oru.yaml"]
+    assert one(site, adt("A01", PID, PV1)).severity is Severity.WARNING
+    assert run(site, adt("A03", PID, PV1)) == []
+
+
+def test_extra_folder_files_come_after_the_bundled_ones(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["match"] = [{"message": "ADT", "triggers": ["A01", "A40"]}]
+    doc["rules"] = [{"type": "encounter.updated", "severity": "info"}]
+    write(tmp_path / "site-adt.yaml", doc)
+    site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    # A01 is still taken by the bundled adt.yaml; A40 falls through to the site file.
+    assert one(site, adt("A01", PID, PV1)).type is EventType.ENCOUNTER_ADMITTED
+    assert one(site, adt("A40", PID, PV1)).type is EventType.ENCOUNTER_UPDATED
+
+
+@pytest.mark.parametrize(("versions", "fits"), [(["2.5*"], True), (["2.3", "2.4"], False), (["2.*"], True)])
+def test_versions_glob_restricts_the_match(tmp_path: Path, versions: list[str], fits: bool) -> None:
+    doc = bundled("adt.yaml")
+    doc["match"] = [{"message": "ADT", "triggers": ["A01"], "versions": versions}]
+    site = Mapper.from_documents([("only-25.yaml", doc)])
+    assert site.matches(adt("A01", PID)) is fits
+
+
+# --- the schema and the compiler ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "json_path"),
+    [
+        (lambda d: d["patient"].update(sex="PID-X"), "$.patient.sex"),
+        (lambda d: d["rules"][0].update(type="encounter.exploded"), "$.rules[0].type"),
+        (lambda d: d["rules"][1].update(colour="red"), "$.rules[1]"),
+        (lambda d: d["match"][0].pop("triggers"), "$.match[0]"),
+        (lambda d: d["patient"]["mrn"].update(value="XCN-1"), "$.patient.mrn.value"),
+        (lambda d: d.update(thread_key=["enc:{encounter.ward}"]), "$.thread_key[0]"),
+        (lambda d: d.update(dedup_key="{type}:{PID-3.1"), "$.dedup_key[0]"),
+        (lambda d: d["patient"]["identifiers"].update(field="PID-3[2]"), "$.patient.identifiers.field"),
+    ],
+)
+def test_a_bad_mapping_file_is_rejected_naming_file_and_json_path(
+    tmp_path: Path, change: Callable[[dict[str, Any]], object], json_path: str
+) -> None:
+    doc = bundled("adt.yaml")
+    change(doc)
+    path = write(tmp_path / "broken.yaml", doc)
+    with pytest.raises(MappingError) as caught:
+        Mapper.load(MappingOptions(extra_paths=(path,)))
+    assert caught.value.source == str(path)
+    assert caught.value.path == json_path
+    assert "broken.yaml" in str(caught.value) and json_path in str(caught.value)
+
+
+def test_invalid_yaml_is_a_mapping_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("match: [unclosed\n", encoding="utf-8")
+    with pytest.raises(MappingError, match=r"bad\.yaml"):
+        Mapper.load(MappingOptions(extra_paths=(path,)))
+
+
+def test_every_bundled_file_is_valid_against_the_schema() -> None:
+    schema = mappings_dir() / "schema.json"
+    files = sorted((mappings_dir() / "hl7v2").glob("*.yaml"))
+    assert [f.name for f in files] == ["adt.yaml", "orders.yaml", "oru.yaml"]
+    for f in files:
+        assert isinstance(load_document(f, schema), dict)
+
+
+def test_schema_event_types_are_the_catalogue() -> None:
+    schema = json.loads((mappings_dir() / "schema.json").read_text(encoding="utf-8"))
+    assert set(schema["$defs"]["eventType"]["enum"]) == {t.value for t in EventType}
+
+
+def test_mappings_dir_is_the_checkout_folder_outside_a_wheel() -> None:
+    assert mappings_dir() == Path(__file__).resolve().parents[2] / "mappings"
+
+
+# --- HL7 dates and times --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "date", "iso"),
+    [
+        ("19800521", "1980-05-21", "1980-05-21"),
+        ("198005", "1980-05", "1980-05"),
+        ("1980", "1980", "1980"),
+        ("202401151030", "2024-01-15", "2024-01-15T10:30:00"),
+        ("20240115103000.25+0100", "2024-01-15", "2024-01-15T10:30:00.250+01:00"),
+        ("20240115103000-0000", "2024-01-15", "2024-01-15T10:30:00+00:00"),
+        ("20241315", "20241315", "20241315"),
+        ("2024-01-15", "2024-01-15", "2024-01-15"),
+        ("unknown", "unknown", "unknown"),
+        ("20240115103000+2500", "20240115103000+2500", "20240115103000+2500"),
+    ],
+)
+def test_hl7_dates_normalise_to_iso_or_stay_raw(text: str, date: str, iso: str) -> None:
+    assert (hl7_date(text), hl7_datetime(text)) == (date, iso)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20240115", datetime(2024, 1, 15, tzinfo=UTC)),
+        ("20240115103000", datetime(2024, 1, 15, 10, 30, tzinfo=UTC)),
+        ("20240115103000-0500", datetime(2024, 1, 15, 15, 30, tzinfo=UTC)),
+        ("202401", None),
+        ("", None),
+    ],
+)
+def test_hl7_timestamp_needs_a_day_and_takes_naive_as_utc(text: str, expected: datetime | None) -> None:
+    assert hl7_timestamp(text) == expected

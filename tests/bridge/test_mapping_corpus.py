@@ -1,0 +1,99 @@
+"""The bundled mappings against the shared corpus of third-party HL7 v2 files.
+
+Skipped when ``../shared/corpus`` is not checked out next to the repository.
+Messages are keyed on MSH-9, never on file names (some names do not match the
+content). Nothing here prints message content: the corpus holds realistic names.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import ParseError
+from bridge.hl7.reader import Message, parse, split_messages
+from bridge.mapping import Mapper
+
+CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "hl7v2"
+BAD_INPUTS = "bad-inputs"
+
+#: ORC-1 order controls (Table 0119) the bundled orders.yaml turns into an event; other
+#: controls (SC status changed, XO change request, ...) are mapped to nothing on purpose.
+ORDER_CONTROLS_WITH_EVENTS = frozenset({"NW", "CA", "OC", "CR", "DC", "OD", "DR"})
+
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not checked out")
+
+
+def corpus_files(*, bad: bool) -> list[Path]:
+    if not CORPUS.is_dir():
+        return []
+    files = [
+        p
+        for p in sorted(CORPUS.rglob("*"))
+        if p.is_file() and p.name != "MANIFEST.tsv" and not p.name.startswith("LICENSE")
+    ]
+    return [p for p in files if (BAD_INPUTS in p.parts) is bad]
+
+
+def messages(path: Path) -> list[Message]:
+    parsed: list[Message] = []
+    for raw in split_messages(path.read_bytes()):
+        try:
+            parsed.append(parse(raw))
+        except ParseError:
+            continue  # not well-formed: the reader's tests cover the rejection
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def mapper() -> Mapper:
+    return Mapper.load()
+
+
+def map_message(mapper: Mapper, message: Message, index: int) -> int:
+    events = mapper.map_hl7(
+        message,
+        message_id=f"corpus-{index}",
+        source="urn:ehr-bridge:hl7v2:corpus",
+        received_at=datetime(2024, 1, 1, tzinfo=UTC),
+        origin={"listener": "corpus"},
+    )
+    for n, event in enumerate(events, start=1):
+        assert event.id == f"corpus-{index}-{n}"
+        assert event.thread_key and event.dedup_key
+    return len(events)
+
+
+def expects_events(message: Message) -> bool:
+    if message.message_code in ("ORM", "OML"):
+        controls = {seg.get_rep(1).strip() for seg in message.segments_named("ORC")}
+        return not controls.isdisjoint(ORDER_CONTROLS_WITH_EVENTS)
+    if message.message_code == "ORU":
+        return bool(message.segments_named("OBR"))
+    return True
+
+
+@pytest.mark.parametrize("path", corpus_files(bad=False), ids=lambda p: str(p.relative_to(CORPUS)))
+def test_corpus_messages_of_mapped_types_yield_events_and_others_none(mapper: Mapper, path: Path) -> None:
+    for index, message in enumerate(messages(path)):
+        count = map_message(mapper, message, index)
+        where = f"message {index} ({message.message_code}^{message.trigger})"
+        if not mapper.matches(message):
+            assert count == 0, where
+        elif expects_events(message):
+            assert count >= 1, where
+        else:
+            assert count == 0, where
+
+
+def test_corpus_covers_every_mapped_family(mapper: Mapper) -> None:
+    seen = {m.message_code for path in corpus_files(bad=False) for m in messages(path) if mapper.matches(m)}
+    assert seen == {"ADT", "ORU", "ORM", "OML"}
+
+
+@pytest.mark.parametrize("path", corpus_files(bad=True), ids=lambda p: p.name[:48])
+def test_fuzzed_inputs_that_parse_map_without_raising(mapper: Mapper, path: Path) -> None:
+    for index, message in enumerate(messages(path)):
+        map_message(mapper, message, index)
