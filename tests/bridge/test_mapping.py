@@ -357,6 +357,25 @@ def test_critical_flags_are_configurable(mapper: Mapper) -> None:
     assert event.subject is not None and event.subject.observations[0].critical
 
 
+@pytest.mark.parametrize(
+    ("flags", "event_type", "severity"),
+    [
+        ("HH^Critical high^HL70078", EventType.RESULT_CRITICAL, Severity.CRITICAL),
+        ("A^Abnormal^HL70078^^^^2.5", EventType.RESULT_FINAL, Severity.WARNING),
+        ("N^Normal^HL70078~HH^Critical high^HL70078", EventType.RESULT_CRITICAL, Severity.CRITICAL),
+    ],
+)
+def test_coded_abnormal_flags_of_v25_and_later_are_read_by_their_code(
+    mapper: Mapper, flags: str, event_type: EventType, severity: Severity
+) -> None:
+    # Regression: OBX-8 is a CWE from v2.5 on; the whole field was taken as the flag, so HH^... was not critical.
+    event = one(mapper, oru(obr(1, "FL1", "F"), obx(1, "K", "6.8", flags, "F")))
+    assert event.type is event_type
+    assert event.severity is severity
+    assert event.subject is not None
+    assert all("^" not in f for o in event.subject.observations for f in o.flags)
+
+
 def test_observation_fields_are_extracted(mapper: Mapper) -> None:
     line = "OBX|1|NM|K^Potassium^LN||6.8~6.9|mmol/L^millimole per liter^UCUM|3.5-5.1|HH~A|||F"
     event = one(mapper, oru(obr(1, "FL1", "F"), line))
