@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ("hl7_reader",)
+MODULES = ("hl7_reader", "ingest")
 
 
 def main(argv: list[str]) -> int:

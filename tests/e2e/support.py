@@ -81,7 +81,9 @@ class WebhookSink:
     def start(self) -> WebhookSink:
         self.port = self.port or free_port()
         app = Starlette(routes=[Route("/hook", self._hook, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="off"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -175,7 +177,4 @@ class BridgeProcess:
                 self.kill()
 
     def output(self) -> str:
-        return "".join(
-            p.read_text(encoding="utf-8", errors="replace")
-            for p in sorted(self.workdir.glob("std*.log"))
-        )
+        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(self.workdir.glob("std*.log")))
