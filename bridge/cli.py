@@ -23,7 +23,6 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: deliveries that 
 app.add_typer(dlq_app, name="dlq")
 
 
-
 @app.callback()
 def _logging() -> None:
     """Logs go to stderr (stdout carries command output); ``serve`` reconfigures from its settings."""

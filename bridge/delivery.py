@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -68,20 +68,27 @@ class RetryPolicy:
 class RateLimiter:
     """Spaces sends at most ``rate`` per second (Slack: one message per second per channel)."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
-        self._lock = asyncio.Lock()
+        self._clock = clock
+        self._sleep = sleep
 
     async def acquire(self) -> None:
         if not self.interval:
             return
-        async with self._lock:
-            now = time.monotonic()
-            wait = self._next - now
-            self._next = max(now, self._next) + self.interval
+        # Reserve the next slot before sleeping, so concurrent callers queue up one interval apart.
+        now = self._clock()
+        wait = self._next - now
+        self._next = max(now, self._next) + self.interval
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
 
 class ChannelWorker:
@@ -121,22 +128,42 @@ class ChannelWorker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Claim as many due deliveries as there is room in flight; each send runs as its own task.
+
+        A slow send holds up only its own thread (the store hands out one open
+        delivery per thread key), not the other encounters of the channel.
+        """
+        in_flight: set[asyncio.Task[None]] = set()
         while not self._stopping:
             self._wake.clear()
-            try:
-                claimed = await self.store.claim(self.name, now=time.time(), limit=self.max_in_flight)
-            except Exception as exc:  # boundary: a store hiccup must not end the worker
-                log.error("delivery.claim_failed", channel=self.name, error=type(exc).__name__)
-                claimed = []
-            if claimed:
-                results = await asyncio.gather(*(self.deliver(c) for c in claimed), return_exceptions=True)
-                for result in results:
-                    if isinstance(result, BaseException):
-                        # The store failed while recording; the delivery stays in flight until reclaimed.
-                        log.error("delivery.record_failed", channel=self.name, error=type(result).__name__)
+            room = self.max_in_flight - len(in_flight)
+            claimed = await self._claim(room) if room > 0 else []
+            for delivery in claimed:
+                task = asyncio.create_task(self._deliver_logged(delivery), name=f"deliver:{delivery.id}")
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: self._wake.set())
+            if claimed and len(claimed) == room:
+                await asyncio.sleep(0)  # let the sends start before claiming again
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+        if in_flight:
+            # Let sends under way finish and be recorded; what does not is reclaimed at the next start.
+            await asyncio.wait(in_flight, timeout=10)
+
+    async def _claim(self, limit: int) -> list[ClaimedDelivery]:
+        try:
+            return await self.store.claim(self.name, now=time.time(), limit=limit)
+        except Exception as exc:  # boundary: a store hiccup must not end the worker
+            log.error("delivery.claim_failed", channel=self.name, error=type(exc).__name__)
+            return []
+
+    async def _deliver_logged(self, claimed: ClaimedDelivery) -> None:
+        try:
+            await self.deliver(claimed)
+        except Exception as exc:  # the store failed while recording; the delivery stays in flight until reclaimed
+            log.error("delivery.record_failed", channel=self.name, delivery_id=claimed.id, error=type(exc).__name__)
 
     def post_for(self, claimed: ClaimedDelivery) -> Post:
         title, summary, facts = compose(claimed.event, self.phi, self.templates)

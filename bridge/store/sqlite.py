@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from bridge.errors import StoreError
-from bridge.events import ClinicalEvent, Lifecycle
+from bridge.events import ClinicalEvent, EventType, Lifecycle
 from bridge.store import (
     ClaimedDelivery,
     CommitResult,
@@ -135,6 +135,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+_EVENT_TYPES = frozenset(t.value for t in EventType)
 _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
 
 
@@ -608,32 +609,36 @@ def _insert_audit(
 
 
 def _original_ref(conn: sqlite3.Connection, channel: str, event: ClinicalEvent, seq: int) -> str | None:
-    """The external id of the post a correction or cancellation refers to, in this channel."""
-    if event.lifecycle is Lifecycle.CORRECT and "corrects" in event.links:
-        # Edit the first post of the subject; later corrections edit the same post again.
-        row = conn.execute(
-            "SELECT d.external_id FROM deliveries d JOIN events e ON e.id = d.event_id"
-            " WHERE d.channel=? AND e.subject_key=? AND e.thread_key=? AND d.status=? AND d.external_id IS NOT NULL"
-            " AND d.event_seq < ? ORDER BY d.event_seq ASC LIMIT 1",
-            (channel, event.links["corrects"], event.thread_key, DeliveryStatus.DELIVERED.value, seq),
-        ).fetchone()
-        return row[0] if row else None
-    if event.lifecycle is Lifecycle.CANCEL and "cancels" in event.links:
-        sql = (
-            "SELECT d.external_id FROM deliveries d JOIN events e ON e.id = d.event_id"
-            " WHERE d.channel=? AND e.thread_key=? AND e.type=? AND d.status=? AND d.external_id IS NOT NULL"
-            " AND d.event_seq < ?"
-        )
-        args: list[Any] = [
-            channel,
-            event.thread_key,
-            event.links["cancels"],
-            DeliveryStatus.DELIVERED.value,
-            seq,
-        ]
+    """The external id of the post a correction or cancellation refers to, in this channel.
+
+    ``links.corrects`` names a subject key; ``links.cancels`` names either an event type
+    (A11 cancels ``encounter.admitted`` of the thread) or a subject key (a withdrawn result).
+    """
+    if event.lifecycle is Lifecycle.CORRECT:
+        target = event.links.get("corrects")
+    elif event.lifecycle is Lifecycle.CANCEL:
+        target = event.links.get("cancels")
+    else:
+        return None
+    if not target:
+        return None
+    base = (
+        "SELECT d.external_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.channel=? AND e.thread_key=? AND d.status=? AND d.external_id IS NOT NULL AND d.event_seq < ?"
+    )
+    args: list[Any] = [channel, event.thread_key, DeliveryStatus.DELIVERED.value, seq]
+    if target in _EVENT_TYPES:
+        # The latest post of that type: a re-admission after an A11 is struck, not the first one.
+        sql = base + " AND e.type=?"
+        args.append(target)
         if event.subject is not None and event.subject.key and event.subject.kind != "encounter":
             sql += " AND e.subject_key=?"
             args.append(event.subject.key)
-        row = conn.execute(sql + " ORDER BY d.event_seq DESC LIMIT 1", args).fetchone()
-        return row[0] if row else None
-    return None
+        order = "DESC"
+    else:
+        # The first post of the subject; later corrections edit that same post again.
+        sql = base + " AND e.subject_key=?"
+        args.append(target)
+        order = "ASC"
+    row = conn.execute(f"{sql} ORDER BY d.event_seq {order} LIMIT 1", args).fetchone()
+    return row[0] if row else None

@@ -14,7 +14,7 @@ import pytest
 from bridge.channels import ChannelConfig, PhiLevel, Post, SendResult
 from bridge.compose import Templates
 from bridge.config import DeliveryConfig
-from bridge.delivery import ChannelWorker, Dispatcher, RetryPolicy
+from bridge.delivery import ChannelWorker, Dispatcher, RateLimiter, RetryPolicy
 from bridge.errors import Permanent, Retryable
 from bridge.events import ClinicalEvent
 from bridge.store import ClaimedDelivery, JournalEntry, NewDelivery
@@ -94,9 +94,7 @@ WorkerFactory = Callable[..., ChannelWorker]
 
 
 async def commit(store: SQLiteStore, make_entry: EntryFactory, *events: ClinicalEvent) -> None:
-    await store.commit_message(
-        make_entry(), [(e, [NewDelivery(CHANNEL)]) for e in events], dedup_window=3600.0
-    )
+    await store.commit_message(make_entry(), [(e, [NewDelivery(CHANNEL)]) for e in events], dedup_window=3600.0)
 
 
 async def claim_one(store: SQLiteStore, *, later: float = 0.0) -> ClaimedDelivery:
@@ -199,9 +197,7 @@ def test_policy_from_config_takes_the_channel_override(override: int | None, exp
 
     policy = RetryPolicy.from_config(cfg, max_attempts=override)
 
-    assert policy == RetryPolicy(
-        max_attempts=expected, initial=0.5, max_delay=30.0, multiplier=3.0, jitter=0.1
-    )
+    assert policy == RetryPolicy(max_attempts=expected, initial=0.5, max_delay=30.0, multiplier=3.0, jitter=0.1)
 
 
 # -- ChannelWorker.deliver ----------------------------------------------------------------
@@ -391,6 +387,72 @@ async def test_dead_event_blocks_neither_its_thread_nor_another(
     assert (await row(store, poison))[0] == "dead"
     assert {p.event.id for p in adapter.sent} == {other.id, after_poison.id}
     assert adapter.calls.index(poison.id) < adapter.calls.index(after_poison.id)
+
+
+async def test_rate_limiter_spaces_calls_one_interval_apart() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+
+    limiter = RateLimiter(4.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        await limiter.acquire()
+    assert slept == [0.25, 0.5]
+    now[0] += 10  # idle long enough: the next call goes at once
+    await limiter.acquire()
+    assert slept == [0.25, 0.5]
+
+
+async def test_rate_limiter_with_no_rate_never_waits() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    limiter = RateLimiter(0.0, sleep=sleep)
+    for _ in range(5):
+        await limiter.acquire()
+    assert slept == []
+
+
+class StallingAdapter(FakeAdapter):
+    """Holds every send of one event until ``release`` is set, as a slow target would."""
+
+    def __init__(self, stalled: str) -> None:
+        super().__init__()
+        self.stalled = stalled
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+
+    async def send(self, payload: Post) -> SendResult:
+        self.started.append(payload.event.id)
+        if payload.event.id == self.stalled:
+            await self.release.wait()
+        return await super().send(payload)
+
+
+async def test_slow_send_holds_up_only_its_own_thread(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    # Regression: the worker waited for a whole claimed batch, so one slow post stalled every encounter.
+    slow, after_slow = make_event(thread_key="A"), make_event(thread_key="A")
+    other = make_event(thread_key="B")
+    await commit(store, make_entry, slow, after_slow)
+    adapter = StallingAdapter(slow.id)
+
+    async with running(make_worker(adapter)):
+        async with asyncio.timeout(2.0):
+            while slow.id not in adapter.started:
+                await asyncio.sleep(0.005)
+        await commit(store, make_entry, other)
+        await settled(store, 1)
+        assert [p.event.id for p in adapter.sent] == [other.id]
+        adapter.release.set()
+        await settled(store, 3)
+
+    assert [p.event.id for p in adapter.sent] == [other.id, slow.id, after_slow.id]
 
 
 async def test_dispatcher_starts_and_stops_its_workers(

@@ -1,0 +1,403 @@
+"""Slack through the real bridge: threads, edits, rate limits and errors, with only Slack's Web API mocked.
+
+Messages arrive over MLLP on a real socket, are journalled in a real SQLite file and are
+delivered by the real channel worker through the real ``SlackAdapter``; respx answers for
+``https://slack.com/api``. respx patches httpcore, so the bridge's own ASGI test client is not
+affected. Every name, number and identifier in the messages is synthetic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from adapters.inbound.mllp import MLLPClient
+from adapters.outbound.slack import SlackAdapter
+
+from .conftest import Bridge
+
+SLACK_API = "https://slack.com/api"
+TOKEN = "xoxb-test-token"
+#: Real channel IDs are 9+ characters; the config rejects the shorter "C0TEST" as not an ID.
+CHANNEL_ID = "C0TEST001"
+#: Upper bound of every wait for the bridge to act; waits end as soon as the condition holds.
+WAIT = 5.0
+
+ALPHA = ("MRN0001", "Testpatient^Alpha")
+BETA = ("MRN0002", "Testpatient^Beta")
+
+
+# --- synthetic HL7 --------------------------------------------------------------------------------
+
+_control_ids = itertools.count(1)
+#: MSH-9.3 message structure per trigger (v2.5 Appendix A): A11 shares A09's.
+_ADT_STRUCTURE = {"A01": "ADT_A01", "A11": "ADT_A09"}
+
+
+def _segment(name: str, fields: dict[int, str]) -> str:
+    values = [""] * (max(fields) + 1)
+    values[0] = name
+    for index, value in fields.items():
+        values[index] = value
+    return "|".join(values)
+
+
+def _head(message_type: str, when: str, patient: tuple[str, str], visit: str, unit: str) -> list[str]:
+    mrn, name = patient
+    return [
+        f"MSH|^~\\&|TESTEHR|HOSP|EHRBRIDGE|HOSP|{when}||{message_type}|SLK{next(_control_ids):05d}|P|2.5",
+        _segment("PID", {1: "1", 3: f"{mrn}^^^HOSP^MR", 5: name, 7: "19700101", 8: "F"}),
+        # PV1-3 point of care^room^bed^facility, PV1-7 attending, PV1-19 visit number (the thread).
+        _segment("PV1", {1: "1", 2: "I", 3: f"{unit}^101^A^HOSP", 7: "1234^Doctor^Test", 19: visit}),
+    ]
+
+
+def adt(trigger: str, visit: str, *, patient: tuple[str, str] = ALPHA, unit: str = "ICU", when: str) -> bytes:
+    """An ADT message for ``visit``; ``when`` (EVN-2) tells an admission from a later re-admission."""
+    lines = _head(f"ADT^{trigger}^{_ADT_STRUCTURE[trigger]}", when, patient, visit, unit)
+    lines.insert(1, _segment("EVN", {1: trigger, 2: when}))
+    return ("\r".join(lines) + "\r").encode()
+
+
+def oru(
+    visit: str,
+    filler: str,
+    test: str,
+    value: str,
+    *,
+    flag: str = "N",
+    status: str = "F",
+    patient: tuple[str, str] = ALPHA,
+    when: str,
+) -> bytes:
+    """An ORU^R01 with one OBR (OBR-3 filler number ``filler``) and one OBX with OBX-8 ``flag``, OBX-11 ``status``."""
+    code = f"{test.upper()[:3]}^{test}"
+    lines = _head("ORU^R01^ORU_R01", when, patient, visit, "ICU")
+    lines += [
+        _segment("OBR", {1: "1", 2: f"P{filler}", 3: filler, 4: code, 7: when, 22: when, 25: status}),
+        _segment("OBX", {1: "1", 2: "NM", 3: code, 5: value, 6: "mmol/L", 7: "3.5-5.1", 8: flag, 11: status}),
+    ]
+    return ("\r".join(lines) + "\r").encode()
+
+
+async def send(bridge: Bridge, *messages: bytes) -> None:
+    """Send each message over MLLP and require an AA: the message is committed when this returns."""
+    async with MLLPClient("127.0.0.1", bridge.mllp_port, timeout=WAIT) as client:
+        for message in messages:
+            ack = await client.send(message)
+            assert b"MSA|AA|" in ack, ack.split(b"\r")[-2:]
+
+
+# --- Slack's Web API, as respx answers it ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request the bridge made to Slack and what it was answered."""
+
+    method: str
+    body: dict[str, Any]
+    authorization: str
+    at: float
+    ok: bool
+    ts: str | None
+
+    @property
+    def text(self) -> str:
+        return str(self.body.get("text", ""))
+
+
+@dataclass
+class FakeSlack:
+    """Answers ``chat.postMessage`` with a fresh ``ts`` and ``chat.update`` with the edited ``ts``.
+
+    :meth:`answer_first` scripts failures: the first calls whose text contains a needle get the
+    scripted responses, later ones succeed.
+    """
+
+    calls: list[Call] = field(default_factory=list)
+    _scripts: list[tuple[str, list[httpx.Response]]] = field(default_factory=list)
+    _serial: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def answer_first(self, needle: str, *responses: httpx.Response) -> None:
+        self._scripts.append((needle, list(responses)))
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        body: dict[str, Any] = json.loads(request.content)
+        response = self._scripted(str(body.get("text", ""))) or self._success(method, body)
+        answer = json.loads(response.content) if response.status_code == 200 else {}
+        self.calls.append(
+            Call(
+                method=method,
+                body=body,
+                authorization=request.headers.get("Authorization", ""),
+                at=time.monotonic(),
+                ok=answer.get("ok") is True,
+                ts=answer.get("ts"),
+            )
+        )
+        return response
+
+    def _scripted(self, text: str) -> httpx.Response | None:
+        for needle, queue in self._scripts:
+            if needle in text and queue:
+                return queue.pop(0)
+        return None
+
+    def _success(self, method: str, body: dict[str, Any]) -> httpx.Response:
+        if method == "chat.update":
+            return httpx.Response(200, json={"ok": True, "channel": body["channel"], "ts": body["ts"]})
+        ts = f"1700000000.{next(self._serial):06d}"
+        message: dict[str, Any] = {"type": "message", "text": body["text"], "ts": ts}
+        if "thread_ts" in body:
+            message["thread_ts"] = body["thread_ts"]
+        return httpx.Response(200, json={"ok": True, "channel": body["channel"], "ts": ts, "message": message})
+
+    def posted(self) -> list[Call]:
+        """Successful ``chat.postMessage`` calls, in the order Slack received them."""
+        return [c for c in self.calls if c.method == "chat.postMessage" and c.ok]
+
+    def about(self, needle: str) -> list[Call]:
+        """Every call whose text contains ``needle``, answered or not."""
+        return [c for c in self.calls if needle in c.text]
+
+    def one_post(self, needle: str) -> Call:
+        found = [c for c in self.posted() if needle in c.text]
+        assert len(found) == 1, f"{len(found)} successful posts contain {needle!r}"
+        return found[0]
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack()
+    with respx.mock(base_url=SLACK_API, assert_all_called=False) as router:
+        router.post("/chat.postMessage").mock(side_effect=fake)
+        router.post("/chat.update").mock(side_effect=fake)
+        yield fake
+
+
+@pytest.fixture
+async def bridge(slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyPatch) -> Bridge:
+    # Slack's one-message-per-second tier would add a second per post, and in the 429 test it
+    # would impose the 1 s gap by itself, hiding whether Retry-After is honoured; pacing is not
+    # what these tests are about, so it is lifted. (``slack`` comes first: the bridge stops
+    # before the mock does.)
+    monkeypatch.setattr(SlackAdapter, "rate_per_sec", 200.0)
+    built: Bridge = await make_bridge(
+        channels={"slack": {"type": "slack", "token": TOKEN, "channel": CHANNEL_ID}},
+        routes=[{"name": "everything", "channels": ["slack"]}],
+    )
+    return built
+
+
+# Needles: the start of each post's text in a "limited" channel (templates.yaml wording, initials only).
+ADMITTED_ALPHA = "Admitted: A.T."
+ADMITTED_BETA = "Admitted: B.T."
+POTASSIUM = "Final result: Potassium for A.T."
+TROPONIN = "CRITICAL result: A.T.: Troponin"
+SODIUM = "Final result: Sodium for B.T."
+
+#: Long enough for a retry storm to show (several max backoffs and poll intervals), short for the suite.
+SETTLE = 0.5
+
+
+def ratelimited(retry_after: str) -> httpx.Response:
+    return httpx.Response(429, headers={"Retry-After": retry_after}, json={"ok": False, "error": "ratelimited"})
+
+
+def kinds(calls: list[Call], *needles: str) -> list[str]:
+    """For each call about one of ``needles``, that needle: the order Slack saw them in."""
+    return [next(n for n in needles if n in c.text) for c in calls if any(n in c.text for n in needles)]
+
+
+async def test_events_of_an_encounter_thread_under_its_first_post(bridge: Bridge, slack: FakeSlack) -> None:
+    await send(
+        bridge,
+        adt("A01", "V1", when="20260101100000"),
+        oru("V1", "F100", "Potassium", "4.1", when="20260101110000"),
+        oru("V1", "F101", "Troponin", "9.9", flag="HH", when="20260101111000"),
+        adt("A01", "V2", patient=BETA, unit="CCU", when="20260101100500"),
+        oru("V2", "F200", "Sodium", "140", patient=BETA, when="20260101112000"),
+    )
+    await eventually(lambda: len(slack.posted()) >= 5, "five posts")
+
+    root, final, critical = slack.one_post(ADMITTED_ALPHA), slack.one_post(POTASSIUM), slack.one_post(TROPONIN)
+    other_root, other_result = slack.one_post(ADMITTED_BETA), slack.one_post(SODIUM)
+    assert "thread_ts" not in root.body
+    assert root.ts is not None
+    assert final.body["thread_ts"] == root.ts
+    assert critical.body["thread_ts"] == root.ts
+    # A critical reply is broadcast: hidden in a thread it would be a missed critical.
+    assert critical.body.get("reply_broadcast") is True
+    assert "reply_broadcast" not in final.body
+    assert "thread_ts" not in other_root.body
+    assert other_root.ts not in (None, root.ts)
+    assert other_result.body["thread_ts"] == other_root.ts
+    assert all(c.method == "chat.postMessage" for c in slack.calls)
+    assert {c.body["channel"] for c in slack.calls} == {CHANNEL_ID}
+    assert {c.authorization for c in slack.calls} == {f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("admitted_first", [True, False], ids=["result-is-a-reply", "result-is-the-thread-root"])
+async def test_corrected_result_edits_the_original_result_post(
+    bridge: Bridge, slack: FakeSlack, admitted_first: bool
+) -> None:
+    admission = [adt("A01", "V1", when="20260101100000")] if admitted_first else []
+    await send(bridge, *admission, oru("V1", "F100", "Potassium", "4.1", when="20260101110000"))
+    await eventually(lambda: len(slack.posted()) == len(admission) + 1, "the result post")
+    await send(bridge, oru("V1", "F100", "Potassium", "4.3", status="C", when="20260101113000"))
+    await eventually(lambda: any(c.method == "chat.update" for c in slack.calls), "chat.update")
+
+    result = slack.one_post(POTASSIUM)
+    (update,) = (c for c in slack.calls if c.method == "chat.update")
+    assert update.ok
+    assert update.body["channel"] == CHANNEL_ID
+    assert update.body["ts"] == result.ts
+    if admitted_first:
+        assert update.body["ts"] != slack.one_post(ADMITTED_ALPHA).ts
+    assert update.text.startswith("Corrected: ")
+    assert "4.3" in update.text
+    assert len(slack.calls) == len(admission) + 2, "the correction must edit, not post anew"
+
+
+async def test_cancelled_admission_strikes_through_the_admission_post(bridge: Bridge, slack: FakeSlack) -> None:
+    await send(bridge, adt("A01", "V1", when="20260101100000"))
+    await eventually(lambda: len(slack.posted()) == 1, "the admission post")
+    await send(bridge, adt("A11", "V1", when="20260101103000"))
+    await eventually(lambda: any(c.method == "chat.update" for c in slack.calls), "chat.update")
+
+    admitted = slack.one_post(ADMITTED_ALPHA)
+    (update,) = (c for c in slack.calls if c.method == "chat.update")
+    assert update.body["channel"] == CHANNEL_ID
+    assert update.body["ts"] == admitted.ts
+    prefix = "Cancelled: "
+    assert update.text.startswith(prefix)
+    struck = update.text.removeprefix(prefix)
+    assert struck.startswith("~Admission cancelled") and struck.endswith("~")
+    assert "~" not in struck[1:-1]
+    assert len(slack.calls) == 2
+
+
+async def test_rate_limited_post_is_retried_once_after_retry_after_and_keeps_thread_order(
+    bridge: Bridge, slack: FakeSlack
+) -> None:
+    slack.answer_first(ADMITTED_ALPHA, ratelimited("1"))
+    await send(
+        bridge,
+        adt("A01", "V1", when="20260101100000"),
+        oru("V1", "F100", "Potassium", "4.1", when="20260101110000"),
+        oru("V1", "F101", "Troponin", "9.9", flag="HH", when="20260101111000"),
+    )
+    await eventually(lambda: len(slack.posted()) >= 3, "three posts")
+    await asyncio.sleep(SETTLE)
+
+    refused, accepted = slack.about(ADMITTED_ALPHA)
+    assert not refused.ok and accepted.ok
+    assert accepted.at - refused.at >= 1.0, "Retry-After: 1 must be honoured"
+    assert accepted.body == refused.body
+    texts = [c.text for c in slack.posted()]
+    assert sorted(texts) == sorted(set(texts)), "a text was posted twice"
+    assert kinds(slack.calls, ADMITTED_ALPHA, POTASSIUM, TROPONIN) == [
+        ADMITTED_ALPHA,
+        ADMITTED_ALPHA,
+        POTASSIUM,
+        TROPONIN,
+    ]
+    assert slack.one_post(POTASSIUM).body["thread_ts"] == accepted.ts
+    assert slack.one_post(TROPONIN).body["thread_ts"] == accepted.ts
+    assert len(slack.calls) == 4
+
+
+async def test_channel_not_found_is_sent_once_then_dead_lettered(bridge: Bridge, slack: FakeSlack) -> None:
+    slack.answer_first(ADMITTED_ALPHA, httpx.Response(200, json={"ok": False, "error": "channel_not_found"}))
+    await send(bridge, adt("A01", "V1", when="20260101100000"))
+
+    async def dead() -> bool:
+        return bool(await bridge.runtime.store.dead_letters())
+
+    await eventually(dead, "a dead letter")
+    await asyncio.sleep(SETTLE)
+
+    assert len(slack.calls) == 1
+    (letter,) = await bridge.runtime.store.dead_letters()
+    assert letter.channel == "slack"
+    assert letter.event_type == "encounter.admitted"
+    assert letter.attempts == 1
+    assert "channel_not_found" in letter.last_error
+    response = await bridge.client.get("/api/dlq")
+    assert response.status_code == 200
+    assert [(i["id"], i["channel"]) for i in response.json()["items"]] == [(letter.id, "slack")]
+
+
+async def test_thread_keeps_its_order_through_retries_while_other_threads_proceed(
+    bridge: Bridge, slack: FakeSlack
+) -> None:
+    # Retry-After on the first 500 holds the failing thread for a second, so the other
+    # encounter's messages are certainly committed while it waits; what is asserted is order.
+    slack.answer_first(
+        ADMITTED_ALPHA,
+        httpx.Response(500, headers={"Retry-After": "1"}, text="internal error"),
+        httpx.Response(500, text="internal error"),
+    )
+    await send(bridge, adt("A01", "V1", when="20260101100000"))
+    await eventually(lambda: len(slack.calls) >= 1, "the first attempt")
+    await send(
+        bridge,
+        oru("V1", "F100", "Potassium", "4.1", when="20260101110000"),
+        oru("V1", "F101", "Troponin", "9.9", flag="HH", when="20260101111000"),
+        adt("A01", "V2", patient=BETA, unit="CCU", when="20260101100500"),
+        oru("V2", "F200", "Sodium", "140", patient=BETA, when="20260101112000"),
+    )
+    await eventually(lambda: len(slack.posted()) >= 5, "five posts")
+
+    v1 = [c for c in slack.calls if any(n in c.text for n in (ADMITTED_ALPHA, POTASSIUM, TROPONIN))]
+    assert kinds(v1, ADMITTED_ALPHA, POTASSIUM, TROPONIN) == [ADMITTED_ALPHA] * 3 + [POTASSIUM, TROPONIN]
+    assert [c.ok for c in v1] == [False, False, True, True, True]
+    root = v1[2]
+    assert v1[3].body["thread_ts"] == root.ts
+    assert v1[4].body["thread_ts"] == root.ts
+    order = slack.calls.index
+    other_root, other_result = slack.one_post(ADMITTED_BETA), slack.one_post(SODIUM)
+    assert order(other_root) < order(root), "the other encounter waited for this one's retries"
+    assert order(other_result) < order(root), "the other encounter waited for this one's retries"
+    assert other_result.body["thread_ts"] == other_root.ts
+
+
+async def test_withdrawn_result_strikes_through_the_original_result_post(bridge: Bridge, slack: FakeSlack) -> None:
+    # OBX-11 W: "post original as wrong" (oru.yaml): the earlier post is struck, not answered.
+    await send(
+        bridge,
+        adt("A01", "V1", when="20260101100000"),
+        oru("V1", "F100", "Potassium", "4.1", when="20260101110000"),
+    )
+    await eventually(lambda: len(slack.posted()) == 2, "the result post")
+    await send(bridge, oru("V1", "F100", "Potassium", "4.1", status="W", when="20260101112000"))
+    await eventually(lambda: len(slack.calls) >= 3, "the withdrawal")
+
+    withdrawal = slack.calls[2]
+    assert (withdrawal.method, withdrawal.body.get("ts")) == ("chat.update", slack.one_post(POTASSIUM).ts)
+    assert withdrawal.text.startswith("Cancelled: ~Result withdrawn") and withdrawal.text.endswith("~")
