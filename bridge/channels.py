@@ -54,6 +54,8 @@ class ChannelConfig(BaseModel):
     phi: PhiLevel = PhiLevel.LIMITED
     #: Upper bound of delivery attempts before the delivery is dead (overrides the global value).
     max_attempts: int | None = Field(None, ge=1)
+    #: Sends per second to this channel (0 = unlimited); overrides the adapter's default.
+    rate_per_sec: float | None = Field(None, ge=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,7 @@ class ChannelWorker:
         phi: PhiLevel,
         poll_interval: float = 0.5,
         max_in_flight: int = 4,
+        rate_per_sec: float | None = None,
     ) -> None:
         self.name = name
         self.adapter = adapter
@@ -114,7 +115,7 @@ class ChannelWorker:
         self.phi = phi
         self.poll_interval = poll_interval
         self.max_in_flight = max_in_flight
-        self.limiter = RateLimiter(adapter.rate_per_sec)
+        self.limiter = RateLimiter(adapter.rate_per_sec if rate_per_sec is None else rate_per_sec)
         #: Keys the pseudonyms of thread and dedup keys in what channels see; set by the runtime from the store.
         self.hash_key: bytes | None = None
         self._wake = asyncio.Event()

@@ -83,6 +83,7 @@ class Runtime:
                 phi=settings.channels[name].phi,
                 poll_interval=settings.delivery.poll_interval,
                 max_in_flight=settings.delivery.max_in_flight,
+                rate_per_sec=settings.channels[name].rate_per_sec,
             )
             for name, adapter in self.adapters.items()
         }

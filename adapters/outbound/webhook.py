@@ -183,7 +183,8 @@ class WebhookAdapter:
     config_model: ClassVar[type[WebhookConfig]] = WebhookConfig
     #: Standard Webhooks asks for payloads under 20 KB.
     max_text: ClassVar[int] = 20_000
-    rate_per_sec: ClassVar[float] = 10.0
+    #: Unlimited by default: the receiver throttles with 429 + Retry-After, which the worker honours.
+    rate_per_sec: ClassVar[float] = 0.0
     #: The event carries lifecycle and links; the receiver applies them.
     supports_threads: ClassVar[bool] = False
     supports_update: ClassVar[bool] = False

@@ -43,9 +43,7 @@ def _post(delivery_id: str = "dlv-0001") -> Post:
         severity=Severity.WARNING,
         occurred_at=datetime(2025, 3, 4, 12, 0, tzinfo=UTC),
         source="urn:ehr-bridge:test",
-        patient=Patient(
-            mrn=Identifier(value="MRN0001", authority="HOSP"), family="Testpatient", given="Alpha"
-        ),
+        patient=Patient(mrn=Identifier(value="MRN0001", authority="HOSP"), family="Testpatient", given="Alpha"),
         thread_key="HOSP|V0001",
         dedup_key="HOSP|LAB|0001",
         lifecycle=Lifecycle.CORRECT,
@@ -96,25 +94,19 @@ def test_body_is_the_cloudevent_as_compact_sorted_json(adapter: WebhookAdapter) 
     assert json.loads(payload.body) == post.event.to_cloudevent()
     assert (
         payload.body
-        == json.dumps(
-            post.event.to_cloudevent(), separators=(",", ":"), sort_keys=True, ensure_ascii=False
-        ).encode()
+        == json.dumps(post.event.to_cloudevent(), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
     )
     assert payload == adapter.render(post)
 
 
 def test_webhook_id_is_the_delivery_id(adapter: WebhookAdapter) -> None:
-    assert adapter.render(_post("dlv-42")) == WebhookRequest(
-        webhook_id="dlv-42", body=adapter.render(_post()).body
-    )
+    assert adapter.render(_post("dlv-42")) == WebhookRequest(webhook_id="dlv-42", body=adapter.render(_post()).body)
 
 
 # --- send ------------------------------------------------------------------------------------------
 
 
-async def test_signature_matches_an_independent_hmac(
-    adapter: WebhookAdapter, respx_mock: respx.MockRouter
-) -> None:
+async def test_signature_matches_an_independent_hmac(adapter: WebhookAdapter, respx_mock: respx.MockRouter) -> None:
     route = respx_mock.post(URL).respond(204)
     result = await adapter.send(adapter.render(_post()))
     assert result.external_id is None
@@ -148,9 +140,7 @@ async def test_retries_carry_the_same_webhook_id_and_body(
     assert first.headers["webhook-signature"] != second.headers["webhook-signature"]
 
 
-async def test_sent_request_passes_our_own_verification(
-    adapter: WebhookAdapter, respx_mock: respx.MockRouter
-) -> None:
+async def test_sent_request_passes_our_own_verification(adapter: WebhookAdapter, respx_mock: respx.MockRouter) -> None:
     route = respx_mock.post(URL).respond(200)
     await adapter.send(adapter.render(_post()))
     sent = route.calls.last.request
@@ -195,9 +185,7 @@ async def test_redirect_is_a_permanent_failure_and_not_followed(
     assert not elsewhere.called
 
 
-async def test_400_is_permanent_without_disabling(
-    adapter: WebhookAdapter, respx_mock: respx.MockRouter
-) -> None:
+async def test_400_is_permanent_without_disabling(adapter: WebhookAdapter, respx_mock: respx.MockRouter) -> None:
     respx_mock.post(URL).respond(400)
     with pytest.raises(Permanent) as caught:
         await adapter.send(adapter.render(_post()))
@@ -217,9 +205,7 @@ async def test_extra_headers_are_sent(client: httpx.AsyncClient, respx_mock: res
     assert route.calls.last.request.headers["Authorization"] == "Bearer partner-api-key"
 
 
-async def test_aclose_leaves_the_shared_client_open(
-    adapter: WebhookAdapter, client: httpx.AsyncClient
-) -> None:
+async def test_aclose_leaves_the_shared_client_open(adapter: WebhookAdapter, client: httpx.AsyncClient) -> None:
     await adapter.aclose()
     assert not client.is_closed
 
@@ -283,7 +269,7 @@ def test_verify_rejects_a_non_numeric_timestamp_and_a_malformed_secret() -> None
 def test_adapter_satisfies_the_outbound_contract(adapter: WebhookAdapter) -> None:
     assert isinstance(adapter, OutboundAdapter)
     assert WebhookAdapter.config_model is WebhookConfig
-    assert (WebhookAdapter.max_text, WebhookAdapter.rate_per_sec) == (20_000, 10.0)
+    assert (WebhookAdapter.max_text, WebhookAdapter.rate_per_sec) == (20_000, 0.0)
     assert not WebhookAdapter.supports_threads and not WebhookAdapter.supports_update
     assert _config().timeout == 15.0
 
