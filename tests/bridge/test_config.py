@@ -58,9 +58,7 @@ def test_empty_yaml_file_gives_the_defaults(tmp_path: Path) -> None:
         pytest.param("${HOST:-127.0.0.1}", {}, "127.0.0.1", id="default-when-unset"),
         pytest.param("${HOST:-127.0.0.1}", {"HOST": "10.1.2.3"}, "10.1.2.3", id="env-beats-default"),
         pytest.param("${HOST:-}", {}, "", id="empty-default"),
-        pytest.param(
-            "node-${N}.${DOMAIN}", {"N": "7", "DOMAIN": "test"}, "node-7.test", id="inside-a-string"
-        ),
+        pytest.param("node-${N}.${DOMAIN}", {"N": "7", "DOMAIN": "test"}, "node-7.test", id="inside-a-string"),
         pytest.param("plain.host", {}, "plain.host", id="no-variable"),
     ],
 )
@@ -88,15 +86,11 @@ def test_interpolation_reaches_channel_settings() -> None:
 @pytest.mark.parametrize(
     ("data", "path"),
     [
-        pytest.param(
-            {"channels": {"icu": slack(token="${SLACK_TOKEN}")}}, "channels.icu.token", id="mapping"
-        ),
+        pytest.param({"channels": {"icu": slack(token="${SLACK_TOKEN}")}}, "channels.icu.token", id="mapping"),
         pytest.param(
             {"listeners": [{"name": "a"}, {"name": "b", "host": "${B_HOST}"}]}, "listeners[1].host", id="list"
         ),
-        pytest.param(
-            {"routes": [{"name": "r", "channels": ["${CH}"]}]}, "routes[0].channels[0]", id="list-item"
-        ),
+        pytest.param({"routes": [{"name": "r", "channels": ["${CH}"]}]}, "routes[0].channels[0]", id="list-item"),
     ],
 )
 def test_unset_variable_names_the_yaml_path(data: dict[str, Any], path: str) -> None:
@@ -127,16 +121,10 @@ def test_unset_variable_names_the_yaml_path(data: dict[str, Any], path: str) -> 
             "routes[1].channels[1]",
             id="unknown-channel-later",
         ),
-        pytest.param(
-            {"channels": {"x": {"type": "carrier-pigeon"}}}, "channels.x.type", id="unknown-channel-type"
-        ),
+        pytest.param({"channels": {"x": {"type": "carrier-pigeon"}}}, "channels.x.type", id="unknown-channel-type"),
         pytest.param({"channels": {"x": {"phi": "none"}}}, "channels.x", id="channel-without-type"),
-        pytest.param(
-            {"channels": {"icu": slack(channel="#general")}}, "channels.icu.channel", id="channel-field"
-        ),
-        pytest.param(
-            {"channels": {"icu": slack(colour="red")}}, "channels.icu.colour", id="channel-unknown-key"
-        ),
+        pytest.param({"channels": {"icu": slack(channel="#general")}}, "channels.icu.channel", id="channel-field"),
+        pytest.param({"channels": {"icu": slack(colour="red")}}, "channels.icu.colour", id="channel-unknown-key"),
         pytest.param(
             {"listeners": [{"name": "adt", "port": 2575}, {"name": "adt", "port": 2576}]},
             "listeners[1].name",
@@ -148,9 +136,7 @@ def test_unset_variable_names_the_yaml_path(data: dict[str, Any], path: str) -> 
             id="duplicate-listener-port",
         ),
         pytest.param({"http": {"port": 70000}}, "http.port", id="port-out-of-range"),
-        pytest.param(
-            {"routes": [{"name": "r", "channels": []}]}, "routes[0].channels", id="route-without-channels"
-        ),
+        pytest.param({"routes": [{"name": "r", "channels": []}]}, "routes[0].channels", id="route-without-channels"),
         pytest.param(
             {"listeners": [{"name": "a", "charset_fallback": "klingon"}]},
             "listeners[0].charset_fallback",

@@ -29,12 +29,8 @@ def encounter(
     [
         pytest.param({}, {}, True, id="defaults-match-everything"),
         pytest.param({"types": ["result.*"]}, {"type": EventType.RESULT_CRITICAL}, True, id="glob-matches"),
-        pytest.param(
-            {"types": ["result.*"]}, {"type": EventType.ENCOUNTER_ADMITTED}, False, id="glob-misses"
-        ),
-        pytest.param(
-            {"types": ["encounter.admitted"]}, {"type": EventType.ENCOUNTER_ADMITTED}, True, id="exact-type"
-        ),
+        pytest.param({"types": ["result.*"]}, {"type": EventType.ENCOUNTER_ADMITTED}, False, id="glob-misses"),
+        pytest.param({"types": ["encounter.admitted"]}, {"type": EventType.ENCOUNTER_ADMITTED}, True, id="exact-type"),
         pytest.param(
             {"types": ["encounter.admitted"]},
             {"type": EventType.ADMISSION_CANCELLED},
@@ -47,23 +43,17 @@ def encounter(
             True,
             id="any-of-globs",
         ),
-        pytest.param(
-            {"types": ["Result.*"]}, {"type": EventType.RESULT_FINAL}, False, id="globs-are-case-sensitive"
-        ),
+        pytest.param({"types": ["Result.*"]}, {"type": EventType.RESULT_FINAL}, False, id="globs-are-case-sensitive"),
         pytest.param({"min_severity": "warning"}, {"severity": Severity.WARNING}, True, id="severity-equal"),
         pytest.param({"min_severity": "warning"}, {"severity": Severity.CRITICAL}, True, id="severity-above"),
         pytest.param({"min_severity": "warning"}, {"severity": Severity.NOTICE}, False, id="severity-below"),
         pytest.param({"facilities": ["NORTH"]}, {"encounter": encounter()}, True, id="facility-listed"),
         pytest.param({"facilities": ["SOUTH"]}, {"encounter": encounter()}, False, id="facility-not-listed"),
-        pytest.param(
-            {"facilities": ["NORTH"]}, {"encounter": encounter(facility=None)}, False, id="facility-unknown"
-        ),
+        pytest.param({"facilities": ["NORTH"]}, {"encounter": encounter(facility=None)}, False, id="facility-unknown"),
         pytest.param({"units": ["ICU", "ED"]}, {"encounter": encounter()}, True, id="unit-listed"),
         pytest.param({"units": ["ED"]}, {"encounter": encounter()}, False, id="unit-not-listed"),
         pytest.param({"patient_classes": ["I"]}, {"encounter": encounter()}, True, id="class-listed"),
-        pytest.param(
-            {"patient_classes": ["E", "O"]}, {"encounter": encounter()}, False, id="class-not-listed"
-        ),
+        pytest.param({"patient_classes": ["E", "O"]}, {"encounter": encounter()}, False, id="class-not-listed"),
         pytest.param(
             {"patient_classes": ["I"]},
             {"encounter": encounter(patient_class=None)},
@@ -84,9 +74,7 @@ def encounter(
         ),
     ],
 )
-def test_route_filters(
-    make_event: EventFactory, match: dict[str, Any], event: dict[str, Any], routed: bool
-) -> None:
+def test_route_filters(make_event: EventFactory, match: dict[str, Any], event: dict[str, Any], routed: bool) -> None:
     router = Router.from_config([route("icu", **match)])
 
     assert router.channels_for(make_event(**event)) == (["icu"] if routed else [])

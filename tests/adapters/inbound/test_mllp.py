@@ -57,12 +57,7 @@ def _coalesce(events: list[FrameEvent]) -> list[FrameEvent]:
     merged: list[FrameEvent] = []
     for event in events:
         last = merged[-1] if merged else None
-        if (
-            isinstance(event, Junk)
-            and not event.interrupted
-            and isinstance(last, Junk)
-            and not last.interrupted
-        ):
+        if isinstance(event, Junk) and not event.interrupted and isinstance(last, Junk) and not last.interrupted:
             merged[-1] = Junk(last.nbytes + event.nbytes)
         else:
             merged.append(event)
@@ -366,9 +361,7 @@ async def test_reset_mid_frame_does_not_disturb_another_connection(
         await writer.drain()
         await _until(lambda: server.connections == 2)
         # SO_LINGER 0 makes close() send RST instead of FIN: the peer vanished mid-frame.
-        writer.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-        )
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
         await _until(lambda: server.connections == 1)
         assert await healthy.send(_msg("after")) == b"MSH|ACK-for-after"
