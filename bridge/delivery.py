@@ -24,6 +24,7 @@ from bridge.compose import Templates, compose, redact
 from bridge.config import DeliveryConfig
 from bridge.errors import Permanent, Retryable
 from bridge.events import Lifecycle
+from bridge.logs import error_fields
 from bridge.store import ClaimedDelivery, Store
 
 __all__ = ["ChannelWorker", "Dispatcher", "RateLimiter", "RetryPolicy"]
@@ -203,7 +204,7 @@ class ChannelWorker:
                 log.error("delivery.channel_disabled", **fields, reason=str(exc), dead_letters=count)
             return
         except Exception as exc:  # boundary: an adapter bug is retried, then dead-lettered, with its type kept
-            log.exception("delivery.adapter_failed", **fields, error=type(exc).__name__)
+            log.error("delivery.adapter_failed", **fields, **error_fields(exc))
             await self._retry(claimed, f"internal error: {type(exc).__name__}", None, fields)
             return
         finally:

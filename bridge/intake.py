@@ -8,9 +8,11 @@ with an ERR segment; nothing here raises to the transport.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -30,6 +32,7 @@ from bridge.hl7 import (
 )
 from bridge.hl7.header import REJECT_CODES, check_header
 from bridge.hl7.validation import validate_strict
+from bridge.logs import error_fields
 from bridge.mapping import Mapper
 from bridge.routing import Router
 from bridge.store import JournalEntry, MessageStatus, NewDelivery, Store, new_id
@@ -39,6 +42,11 @@ __all__ = ["Intake", "RawMessage", "Receipt"]
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["accept", "error", "reject"]
+
+#: Time budget of one strict validation (hl7apy); a message that needs more is answered AE.
+_STRICT_BUDGET = 10.0
+#: NAKs built from unparsable bytes are latin-1: every byte value maps to a character.
+_NAK_ENCODING = "iso-8859-1"
 
 # Worst first: a payload of several messages answers with its worst outcome.
 _CODE_RANK = {
@@ -70,6 +78,10 @@ class Receipt:
     ack: bytes
     code: AckCode
     control_ids: tuple[str, ...] = ()
+    #: The failure was ours (store, internal error): the sender should resend the unchanged message later.
+    transient: bool = False
+    #: Python codec the ACK bytes are encoded in (the inbound message's).
+    encoding: str = "ascii"
 
 
 class Intake:
@@ -89,6 +101,7 @@ class Intake:
         self.mapper = mapper
         self.router = router
         self.on_commit = on_commit
+        self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-strict-validation")
 
     def listener(self, name: str) -> ListenerConfig:
         found = self.settings.listener(name)
@@ -103,15 +116,14 @@ class Intake:
         if not parts:
             receipt = await self.reject(raw, ParseError("empty message: no MSH segment", location=("MSH", 1, 1)))
         else:
-            acks: list[bytes] = []
-            codes: list[AckCode] = []
-            ids: list[str] = []
-            for part in parts:
-                ack, code, control_id = await self._accept_one(raw, part)
-                acks.append(ack)
-                codes.append(code)
-                ids.append(control_id)
-            receipt = Receipt(b"".join(acks), min(codes, key=_CODE_RANK.__getitem__), tuple(ids))
+            answers = [await self._accept_one(raw, part) for part in parts]
+            receipt = Receipt(
+                ack=b"".join(a.ack for a in answers),
+                code=min((a.code for a in answers), key=_CODE_RANK.__getitem__),
+                control_ids=tuple(cid for a in answers for cid in a.control_ids),
+                transient=any(a.transient for a in answers),
+                encoding=answers[0].encoding,
+            )
         metrics.ACK_SECONDS.labels(raw.listener).observe(time.perf_counter() - started)
         return receipt
 
@@ -129,7 +141,7 @@ class Intake:
         await self._journal_rejection(raw, raw.payload, error, code, message=None)
         return Receipt(ack, code)
 
-    async def _accept_one(self, raw: RawMessage, payload: bytes) -> tuple[bytes, AckCode, str]:
+    async def _accept_one(self, raw: RawMessage, payload: bytes) -> Receipt:
         cfg = self.listener(raw.listener)
         now = datetime.now(UTC)
         try:
@@ -138,35 +150,38 @@ class Intake:
             ack = build_nak_from_bytes(payload, "error", control_id=new_control_id(), now=now, error=exc)
             code = _msa1(ack)
             await self._journal_rejection(raw, payload, exc, code, message=None)
-            return ack, code, ""
+            return Receipt(ack, code, ("",), encoding=_NAK_ENCODING)
         control_id = message.control_id
         try:
             check_header(message)
             if cfg.validation == "strict":
-                validate_strict(message)
+                await self._validate_strict(message)
             return await self._commit(raw, payload, message, now)
         except ValidationError as exc:
             return await self._nak(raw, payload, message, "reject" if exc.code in REJECT_CODES else "error", exc, now)
         except StoreError as exc:
             # Our problem, not the sender's: AR tells it to resend the unchanged message later.
-            log.error("intake.store_failed", listener=raw.listener, control_id=control_id, error=str(exc))
-            ack = build_ack(
-                message,
-                "reject",
-                control_id=new_control_id(),
-                now=now,
-                error=HL7Error("receiver could not store the message; resend later", code=207),
-            )
+            log.error("intake.store_failed", listener=raw.listener, control_id=control_id, **error_fields(exc))
             metrics.MESSAGES.labels(raw.listener, "store_failed").inc()
-            return ack, _msa1(ack), control_id
-        except Exception as exc:  # boundary: a bug in mapping must become a NAK, never silence
-            log.exception("intake.failed", listener=raw.listener, control_id=control_id, error=type(exc).__name__)
-            err = HL7Error(f"application internal error ({type(exc).__name__})", code=207)
-            return await self._nak(raw, payload, message, "error", err, now)
+            error = HL7Error("receiver could not store the message; resend later", code=207)
+            ack = build_ack(message, "reject", control_id=new_control_id(), now=now, error=error)
+            return Receipt(ack, _msa1(ack), (control_id,), transient=True, encoding=message.encoding)
+        except Exception as exc:  # boundary: a bug of ours must become a NAK, never silence
+            # AR, not AE: nothing is wrong with the message (it is journaled); a resend after the fix works.
+            log.error("intake.failed", listener=raw.listener, control_id=control_id, **error_fields(exc))
+            err = HL7Error(f"application internal error ({type(exc).__name__}); resend later", code=207)
+            receipt = await self._nak(raw, payload, message, "reject", err, now)
+            return replace(receipt, transient=True)
 
-    async def _commit(
-        self, raw: RawMessage, payload: bytes, message: Message, now: datetime
-    ) -> tuple[bytes, AckCode, str]:
+    async def _validate_strict(self, message: Message) -> None:
+        # hl7apy costs milliseconds per segment: off the event loop, one at a time, within a budget.
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._validator, validate_strict, message), _STRICT_BUDGET)
+        except TimeoutError as exc:
+            raise ValidationError(f"strict validation did not finish within {_STRICT_BUDGET:.0f} s", code=207) from exc
+
+    async def _commit(self, raw: RawMessage, payload: bytes, message: Message, now: datetime) -> Receipt:
         message_id = new_id()
         received_at = now.timestamp()
         origin = {"listener": raw.listener, "control_id": message.control_id, "transport": raw.transport}
@@ -210,7 +225,7 @@ class Intake:
         )
         if result.delivery_ids:
             self.on_commit({d.channel for _, ds in routed for d in ds})
-        return ack, code, message.control_id
+        return Receipt(ack, code, (message.control_id,), encoding=message.encoding)
 
     async def _nak(
         self,
@@ -220,11 +235,11 @@ class Intake:
         outcome: Outcome,
         error: HL7Error,
         now: datetime,
-    ) -> tuple[bytes, AckCode, str]:
+    ) -> Receipt:
         ack = build_ack(message, outcome, control_id=new_control_id(), now=now, error=error)
         code = _msa1(ack)
         await self._journal_rejection(raw, payload, error, code, message=message)
-        return ack, code, message.control_id
+        return Receipt(ack, code, (message.control_id,), encoding=message.encoding)
 
     async def _journal_rejection(
         self, raw: RawMessage, payload: bytes, error: HL7Error, code: AckCode, *, message: Message | None
@@ -257,7 +272,7 @@ class Intake:
             await self.store.journal(entry)
         except StoreError as exc:
             # The NAK still goes out: a NAK loses nothing, the sender keeps the message.
-            log.error("intake.journal_failed", listener=raw.listener, error=str(exc))
+            log.error("intake.journal_failed", listener=raw.listener, **error_fields(exc))
 
 
 def _msa1(ack: bytes) -> AckCode:

@@ -11,7 +11,7 @@ import sys
 
 import structlog
 
-__all__ = ["configure"]
+__all__ = ["configure", "error_fields"]
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:
@@ -36,7 +36,6 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
             renderer,
         ],
     )
@@ -50,3 +49,16 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         logging.getLogger(name).propagate = True
     # Access logs would repeat every request path; our own events log what matters, with identifiers.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """Log fields for an exception: its type and where it was raised, never its message.
+
+    Exception messages can quote the input (pydantic's ``input_value``, a parser's
+    offending text), so tracebacks with messages never reach the logs.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+    return {"error": type(exc).__name__, "error_at": where}

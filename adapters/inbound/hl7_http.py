@@ -4,7 +4,10 @@ One POST carries one message (a batch is accepted too); the response body is
 the ACK and the status follows MSA-1: AA/CA → 200, AR/CR → 400, AE/CE → 500.
 The Content-Type was never settled, so every type in use is accepted, with
 its charset, which overrides MSH-18 on this transport (spec §1.2). Failures
-before an ACK can be built get a 4xx whose plain-text body says why.
+before an ACK can be built get a 4xx whose plain-text body says why. When
+the failure is ours (the store, an internal error), the AR comes with 503 and
+``Retry-After``: an interface engine treats 4xx as final and would drop a
+good message.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ def _media_type(header: str) -> tuple[str, str | None]:
     return kind.strip().lower(), charset
 
 
+def _iana_charset(codec: str) -> str:
+    """The IANA charset name of a Python codec, for the Content-Type of the ACK."""
+    name = codecs.lookup(codec).name
+    if name.startswith("iso8859-"):
+        return "ISO-8859-" + name.removeprefix("iso8859-")
+    return {"ascii": "US-ASCII", "utf-8": "UTF-8", "latin-1": "ISO-8859-1"}.get(name, name)
+
+
 def build_router(intake: Intake, *, max_body_bytes: int) -> APIRouter:
     """The router for every configured listener; ``intake`` answers."""
     router = APIRouter()
@@ -88,10 +99,10 @@ def build_router(intake: Intake, *, max_body_bytes: int) -> APIRouter:
         receipt = await intake.accept(
             RawMessage(listener=listener, payload=bytes(body), transport="http", peer=peer, charset=charset)
         )
-        return Response(
-            receipt.ack,
-            status_code=STATUS_FOR_CODE[receipt.code],
-            media_type=f"application/hl7-v2; charset={charset or 'utf-8'}",
-        )
+        media_type = f"application/hl7-v2; charset={charset or _iana_charset(receipt.encoding)}"
+        if receipt.transient:
+            # Our failure (store, internal error): a 4xx would tell the engine to give up on a good message.
+            return Response(receipt.ack, status_code=503, media_type=media_type, headers={"Retry-After": "30"})
+        return Response(receipt.ack, status_code=STATUS_FOR_CODE[receipt.code], media_type=media_type)
 
     return router

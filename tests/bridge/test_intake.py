@@ -147,3 +147,59 @@ async def test_rejection_is_journaled_with_its_reason(tmp_path: Path, store: Gat
     assert receipt.code is AckCode.AE
     rows = await store.query("SELECT status, ack_code, raw FROM journal")
     assert rows[0][0] == "rejected" and rows[0][1] == "AE" and rows[0][2] == b"not hl7"
+
+
+async def test_internal_error_answers_ar_resend_later_and_journals_the_message(
+    tmp_path: Path, store: GatedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake = intake_for(settings(tmp_path), store)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Testpatient^Alpha in a message that must never be logged")
+
+    monkeypatch.setattr(intake.mapper, "map_hl7", broken)
+    receipt = await intake.accept(RawMessage("default", adt("C8"), "mllp"))
+    assert receipt.code is AckCode.AR and receipt.transient
+    rows = await store.query("SELECT status, error FROM journal")
+    assert rows[0][0] == "rejected"
+    assert "RuntimeError" in rows[0][1] and "Testpatient" not in rows[0][1]
+
+
+async def test_store_failure_is_transient(tmp_path: Path, store: GatedStore) -> None:
+    store.fail = True
+    receipt = await intake_for(settings(tmp_path), store).accept(RawMessage("default", adt("C9"), "http"))
+    assert receipt.transient and receipt.code is AckCode.AR
+
+
+async def test_strict_validation_over_its_budget_answers_ae_207_without_blocking_the_loop(
+    tmp_path: Path, store: GatedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import bridge.intake
+
+    monkeypatch.setattr(bridge.intake, "_STRICT_BUDGET", 0.05)
+    monkeypatch.setattr(bridge.intake, "validate_strict", lambda message: time.sleep(0.5))
+    cfg = settings(tmp_path, listeners=[{"name": "default", "validation": "strict"}])
+    intake = intake_for(cfg, store)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    receipt = await intake.accept(RawMessage("default", adt("C10"), "mllp"))
+    task.cancel()
+    assert receipt.code is AckCode.AE
+    assert b"207" in receipt.ack
+    assert ticks >= 2  # the event loop kept running while hl7apy worked
+
+
+async def test_ack_encoding_is_the_inbound_charset(tmp_path: Path, store: GatedStore) -> None:
+    latin = adt("C11").replace(b"|P|2.5\r", b"|P|2.5||||||8859/1\r", 1)
+    receipt = await intake_for(settings(tmp_path), store).accept(RawMessage("default", latin, "mllp"))
+    assert receipt.code is AckCode.AA
+    assert receipt.encoding in ("iso8859-1", "iso-8859-1", "latin-1", "latin_1")

@@ -91,12 +91,12 @@ async def test_http_bad_message_gets_the_nak_in_the_body_with_the_status_of_its_
     assert _segments(response.content)["ERR"][1] == case.err_code
 
 
-async def test_mllp_oversize_frame_gets_ar_with_err_100_and_the_connection_keeps_serving(make_bridge: Any) -> None:
+async def test_mllp_oversize_frame_gets_ae_with_err_100_and_the_connection_keeps_serving(make_bridge: Any) -> None:
     bridge = await make_bridge(listeners=[{"name": "default", "host": "127.0.0.1", "port": 0, "max_frame_bytes": 4096}])
     big = GOOD.replace(b"GOOD1", b"BIG1") + b"NTE|1||" + b"x" * 10_000 + b"\r"
     async with MLLPClient("127.0.0.1", bridge.mllp_port, timeout=5) as client:
         answer = _segments(await client.send(big))
-        assert answer["MSA"] == ["AE", "BIG1"] or answer["MSA"] == ["AR", "BIG1"]
+        assert answer["MSA"] == ["AE", "BIG1"]
         assert answer["ERR"][1] == "100"
         assert b"MSA|AA|GOOD1" in await client.send(GOOD)
 
@@ -118,7 +118,9 @@ async def test_mllp_empty_frame_gets_a_nak(make_bridge: Any) -> None:
     await writer.drain()
     ack = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 5)
     writer.close()
-    assert _segments(ack.strip(b"\x0b\x1c\r"))["MSA"][0] in ("AE", "AR")
+    answer = _segments(ack.strip(b"\x0b\x1c\r"))
+    assert answer["MSA"][0] == "AE"
+    assert answer["ERR"][1] == "100"
 
 
 @pytest.mark.parametrize(
@@ -196,4 +198,23 @@ async def test_strict_validation_findings_answer_ae_with_err(make_bridge: Any) -
     assert response.status_code == 500
     answer = _segments(response.content)
     assert answer["MSA"] == ["AE", "S1"]
-    assert answer["ERR"][1] in {"100", "101", "102", "207"}
+    # hl7apy's finding, mapped to its 0357 code: the Z segment breaks the ADT_A01 structure.
+    assert answer["ERR"][1] in {"100", "101"}
+
+
+async def test_http_store_failure_answers_503_with_retry_after_and_the_ar_in_the_body(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    await bridge.runtime.store.close()  # the store is gone: nothing can be committed
+    response = await bridge.client.post("/hl7/default", content=GOOD, headers={"Content-Type": "application/hl7-v2"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+    assert _segments(response.content)["MSA"] == ["AR", "GOOD1"]
+    await bridge.runtime.store.open()
+
+
+async def test_http_ack_is_labelled_with_the_charset_it_is_encoded_in(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    latin = GOOD.replace(b"|P|2.5\r", b"|P|2.5||||||8859/1\r", 1).replace(b"Alpha", b"J\xfcrgen")
+    response = await bridge.client.post("/hl7/default", content=latin, headers={"Content-Type": "application/hl7-v2"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].endswith("charset=ISO-8859-1")
