@@ -12,9 +12,10 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin ehr 
     && mkdir -p /data && chown ehr /data
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY docker/config.yaml /etc/ehr-bridge/config.yaml
 USER ehr
 WORKDIR /data
-ENV EHR_BRIDGE_CONFIG="" PYTHONUNBUFFERED=1
+ENV EHR_BRIDGE_CONFIG=/etc/ehr-bridge/config.yaml PYTHONUNBUFFERED=1
 EXPOSE 2575 8080
 VOLUME ["/data"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

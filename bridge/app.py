@@ -7,17 +7,37 @@ starts and stops the runtime, which is how ``ehr-bridge serve`` runs it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.runtime import Runtime
 
 __all__ = ["create_app"]
+
+_ADMIN_PATHS = ("/inbox", "/api/", "/metrics", "/docs", "/openapi.json")
+
+
+def _authorized(request: Request, secret: bytes) -> bool:
+    """Bearer <token>, or Basic with the token as password (so a browser can open /inbox)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        offered = value.strip().encode()
+    elif scheme.lower() == "basic":
+        try:
+            offered = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            return False
+    else:
+        return False
+    return hmac.compare_digest(offered, secret)
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
@@ -34,6 +54,23 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
     app = FastAPI(title="ehr-bridge", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     for router in runtime.http_routers():
         app.include_router(router)
+
+    token = runtime.settings.http.admin_token
+    if token is not None:
+        secret = token.get_secret_value().encode()
+
+        @app.middleware("http")
+        async def admin_auth(request: Request, call_next: Any) -> Response:
+            # Probes and HL7 intake (its own per-listener token) stay open; everything that shows PHI does not.
+            if request.url.path.startswith(_ADMIN_PATHS) and not _authorized(request, secret):
+                return Response(
+                    "admin token required\n",
+                    status_code=401,
+                    media_type="text/plain; charset=utf-8",
+                    headers={"WWW-Authenticate": 'Basic realm="ehr-bridge", charset="UTF-8"'},
+                )
+            response: Response = await call_next(request)
+            return response
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

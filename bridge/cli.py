@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from bridge import registry
@@ -62,6 +63,12 @@ def serve(config: ConfigOption = None) -> None:
     except BridgeError as exc:
         typer.echo(f"cannot start: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if settings.http.admin_token is None and settings.http.host not in ("127.0.0.1", "::1", "localhost"):
+        structlog.get_logger("bridge.cli").warning(
+            "http.admin_unauthenticated",
+            host=settings.http.host,
+            detail="set http.admin_token: /inbox and /api show PHI",
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(runtime, manage_runtime=True),
@@ -93,7 +100,7 @@ def send(
         failures = 0
         async with client_cls(host, port, timeout=timeout) as client:
             for path in files:
-                for n, payload in enumerate(split_messages(path.read_bytes()), start=1):
+                for n, payload in enumerate(split_messages(_unframe(path.read_bytes())), start=1):
                     ack = await client.send(payload)
                     msa = _segment(ack, b"MSA")
                     typer.echo(f"{path.name}#{n}: {msa}")
@@ -103,10 +110,15 @@ def send(
 
     try:
         failures = asyncio.run(run())
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, BridgeError) as exc:
         typer.echo(f"send failed: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from exc
     raise typer.Exit(1 if failures else 0)
+
+
+def _unframe(data: bytes) -> bytes:
+    """Drop MLLP block characters from a file captured off the wire, so each message is framed once."""
+    return data.replace(b"\x0b", b"").replace(b"\x1c\r", b"\r").replace(b"\x1c", b"")
 
 
 def _segment(message: bytes, name: bytes) -> str:

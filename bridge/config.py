@@ -50,10 +50,13 @@ class StoreConfig(_Section):
 
 
 class HttpConfig(_Section):
-    host: str = "0.0.0.0"
+    #: Loopback by default: the inbox and the admin API show PHI. Set 0.0.0.0 together with ``admin_token``.
+    host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     #: Largest accepted request body (HL7 over HTTP, FHIR); larger gets 413.
     max_body_bytes: int = Field(1_048_576, gt=0)
+    #: Required on /inbox, /api/*, /metrics and /docs (Bearer, or Basic with this as the password) when set.
+    admin_token: SecretStr | None = None
 
 
 class TlsConfig(_Section):
@@ -66,7 +69,8 @@ class TlsConfig(_Section):
 class ListenerConfig(_Section):
     #: Name used in logs, in ``POST /hl7/{name}`` and in the journal.
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    host: str = "0.0.0.0"
+    #: Loopback by default; set 0.0.0.0 (or an interface address) to take messages from the network.
+    host: str = "127.0.0.1"
     #: MLLP port; ``null`` makes the listener HTTP-only.
     port: int | None = Field(2575, ge=0, le=65535)
     max_frame_bytes: int = Field(1_048_576, gt=0)

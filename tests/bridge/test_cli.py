@@ -74,3 +74,19 @@ def test_dlq_list_and_replay_on_an_empty_store(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["dlq", "replay", "--all"])
     assert result.exit_code == 0 and "replayed 0" in result.output
     assert runner.invoke(app, ["dlq", "replay"]).exit_code == 2
+
+
+def test_send_to_a_closed_port_fails_cleanly(tmp_path: Path) -> None:
+    msg = tmp_path / "adt.hl7"
+    msg.write_bytes(b"MSH|^~\\&|APP|HOSP|||20261122||ADT^A01|M1|P|2.5\r")
+    result = runner.invoke(app, ["send", "--port", "1", "--timeout", "2", str(msg)])
+    assert result.exit_code == 1
+    assert "send failed" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unframe_strips_mllp_block_characters() -> None:
+    from bridge.cli import _unframe
+
+    framed = b"\x0bMSH|^~\\&|A\rPID|1\r\x1c\r\x0bMSH|^~\\&|B\r\x1c\r"
+    assert _unframe(framed) == b"MSH|^~\\&|A\rPID|1\r\rMSH|^~\\&|B\r\r"

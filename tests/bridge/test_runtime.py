@@ -45,3 +45,59 @@ async def test_readyz_is_503_until_started_then_200(tmp_path: Path) -> None:
             assert "ehr_bridge_messages_total" in (await client.get("/metrics")).text
         finally:
             await runtime.stop()
+
+
+async def test_admin_token_guards_phi_pages_but_not_probes_or_hl7(tmp_path: Path) -> None:
+    runtime = Runtime(
+        parse_config(
+            {
+                "store": {"path": str(tmp_path / "b.db")},
+                "http": {"admin_token": "adm1n-t0ken"},
+                "listeners": [{"name": "default", "port": None}],
+            },
+            env={},
+        )
+    )
+    await runtime.start()
+    app = create_app(runtime)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as client:
+            for path in ("/inbox", "/api/inbox", "/api/dlq", "/metrics", "/docs", "/openapi.json"):
+                denied = await client.get(path)
+                assert denied.status_code == 401, path
+                assert denied.headers["www-authenticate"].startswith("Basic")
+            assert (await client.get("/api/inbox", headers={"Authorization": "Bearer adm1n-t0ken"})).status_code == 200
+            assert (await client.get("/inbox", auth=("nurse", "adm1n-t0ken"))).status_code == 200
+            assert (await client.get("/inbox", auth=("nurse", "wrong"))).status_code == 401
+            assert (await client.get("/inbox", headers={"Authorization": "Basic !!notbase64"})).status_code == 401
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            hl7 = await client.post(
+                "/hl7/default",
+                content=b"MSH|^~\\&|A|H|||20261122||ADT^A01|T1|P|2.5\r",
+                headers={"Content-Type": "application/hl7-v2"},
+            )
+            assert hl7.status_code == 200
+    finally:
+        await runtime.stop()
+
+
+def test_embedded_defaults_bind_loopback_only(tmp_path: Path) -> None:
+    defaults = parse_config({}, env={})
+    assert defaults.http.host == "127.0.0.1"
+    assert [x.host for x in defaults.listeners] == ["127.0.0.1"]
+    assert defaults.http.admin_token is None
+
+
+def test_docker_config_requires_the_admin_token() -> None:
+    import pytest
+
+    from bridge.config import load_config
+    from bridge.errors import ConfigError
+
+    docker = Path(__file__).resolve().parents[2] / "docker" / "config.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(docker, env={})
+    assert err.value.path == "http.admin_token"
+    settings = load_config(docker, env={"EHR_BRIDGE_ADMIN_TOKEN": "x" * 32})
+    assert settings.http.host == "0.0.0.0" and "x" * 32 not in repr(settings)
