@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
+from pydantic import model_validator
 
 from bridge.channels import AdapterContext, ChannelConfig, PhiLevel, Post, SendResult
 
@@ -25,6 +26,13 @@ class InboxConfig(ChannelConfig):
     phi: PhiLevel = PhiLevel.LIMITED
     #: Print a one-line summary of each event to standard output.
     console: bool = True
+
+    @model_validator(mode="after")
+    def _console_is_a_log(self) -> InboxConfig:
+        # Standard output ends up in the container log, where full PHI must never go.
+        if self.console and self.phi is PhiLevel.FULL:
+            raise ValueError("console: true writes to the log; use phi none or limited, or console: false")
+        return self
 
 
 class InboxAdapter:

@@ -260,3 +260,12 @@ def test_settings_are_immutable() -> None:
 
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         settings.http = settings.http  # type: ignore[misc]
+
+
+def test_inbox_console_refuses_full_phi_because_stdout_is_a_log() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"channels": {"inbox": {"type": "inbox", "phi": "full"}}}, env={})
+    assert err.value.path.startswith("channels.inbox")
+    assert "console" in str(err.value)
+    ok = parse_config({"channels": {"inbox": {"type": "inbox", "phi": "full", "console": False}}}, env={})
+    assert ok.channels["inbox"].phi.value == "full"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,16 @@ async def test_canary_name_never_appears_in_log_output(tmp_path: Path, webhook_s
         assert len(await webhook_sink.await_count(3, timeout=15)) == 3
     finally:
         bridge.stop()
+
+    # Stored error texts and the audit trail are read by operators like logs: identifiers only there too.
+    with sqlite3.connect(tmp_path / "bridge.db") as db:
+        stored = [
+            *db.execute("SELECT error FROM journal"),
+            *db.execute("SELECT last_error FROM deliveries"),
+            *db.execute("SELECT action || detail FROM audit"),
+        ]
+    assert any(row[0].startswith(("100 ", "101 ")) for row in stored)  # the rejections were recorded
+    assert [row for row in stored if CANARY_FAMILY in row[0] or CANARY_GIVEN in row[0]] == []
 
     output = bridge.output()
     assert "intake.accepted" in output  # the logs were captured at all
