@@ -17,6 +17,7 @@ EXAMPLE_ENV = {
     "ADT_HTTP_TOKEN": "example-token",
     "SLACK_BOT_TOKEN": "xoxb-example-token",
     "LAB_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "EHR_BRIDGE_ADMIN_TOKEN": "example-admin-token",
 }
 
 runner = CliRunner()
@@ -28,13 +29,14 @@ def test_example_config_loads_through_the_real_loader() -> None:
     assert set(settings.channels) == {"inbox", "icu-slack", "lab-webhook"}
     assert "xoxb-example-token" not in repr(settings)
     assert "example-token" not in repr(settings)
+    assert "example-admin-token" not in repr(settings)
 
 
 def test_example_config_without_its_secrets_names_the_missing_variable() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(REPO / "config.example.yaml", env={})
-    assert "ADT_HTTP_TOKEN" in str(err.value)
-    assert err.value.path == "listeners[0].http_token"
+    assert "EHR_BRIDGE_ADMIN_TOKEN" in str(err.value)
+    assert err.value.path == "http.admin_token"
 
 
 def test_check_config_accepts_the_example(monkeypatch: pytest.MonkeyPatch) -> None:
