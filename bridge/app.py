@@ -18,6 +18,7 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bridge.metrics import CHANNEL_DISABLED
 from bridge.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -100,6 +101,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if runtime.started:
+            disabled = await runtime.store.disabled_channels()
+            for channel in runtime.settings.channels:
+                CHANNEL_DISABLED.labels(channel).set(1 if channel in disabled else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/dlq")

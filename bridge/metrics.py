@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACK_SECONDS", "DELIVERIES", "DELIVERY_SECONDS", "MESSAGES"]
+__all__ = ["ACK_SECONDS", "CHANNEL_DISABLED", "DELIVERIES", "DELIVERY_SECONDS", "MESSAGES"]
 
 #: Inbound HL7 messages by listener and outcome (accepted, duplicate, unmapped, rejected, store_failed).
 MESSAGES = Counter("ehr_bridge_messages_total", "Inbound HL7 messages", ["listener", "outcome"])
@@ -22,3 +22,6 @@ DELIVERIES = Counter("ehr_bridge_deliveries_total", "Delivery attempts", ["chann
 
 #: Time a send to a channel took.
 DELIVERY_SECONDS = Histogram("ehr_bridge_delivery_seconds", "Outbound send duration", ["channel"])
+
+#: 1 while a channel is disabled (410, revoked token, unknown channel): its deliveries go straight to dead letters.
+CHANNEL_DISABLED = Gauge("ehr_bridge_channel_disabled", "Channel disabled after a permanent error", ["channel"])

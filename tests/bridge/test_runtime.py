@@ -41,8 +41,13 @@ async def test_readyz_is_503_until_started_then_200(tmp_path: Path) -> None:
         assert before.status_code == 503 and "runtime not started" in before.json()["problems"]
         await runtime.start()
         try:
-            assert (await client.get("/readyz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["disabled_channels"] == {}
             assert "ehr_bridge_messages_total" in (await client.get("/metrics")).text
+            await runtime.store.disable_channel("hook", reason="410 Gone")
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["disabled_channels"] == {"hook": "410 Gone"}
+            assert 'ehr_bridge_channel_disabled{channel="hook"} 1.0' in (await client.get("/metrics")).text
         finally:
             await runtime.stop()
 
