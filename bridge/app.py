@@ -97,6 +97,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
             if missing:
                 problems.append(f"listeners not bound: {', '.join(missing)}")
         body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "problems": problems}
+        if not problems:
+            # Still ready (intake works, nothing is lost), but operators must see it: deliveries there go dead.
+            body["disabled_channels"] = await runtime.store.disabled_channels()
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     @app.get("/metrics")
