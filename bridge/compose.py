@@ -15,13 +15,13 @@ What each level keeps:
   admission or discharge, the location cut to facility and unit, and result
   lines cut to their name, flags and critical mark (no values).
 
-The thread, dedup and subject keys (and link values that are not event types)
-may carry MRNs, visit and accession numbers. Below ``full`` they are replaced
-by a stable pseudonym: ``k:`` and 32 hex digits of SHA-256 over the original,
-or of HMAC-SHA-256 when the deployment passes a ``hash_key``. The core routes
-and threads on the original event, so the channel needs only a stable opaque
-value. Visit numbers are few enough to guess, so only the keyed form resists
-a dictionary attack.
+The thread, dedup and subject keys (and link values that are not event types
+or comma-separated lists of them, like A11's) may carry MRNs, visit and
+accession numbers. Below ``full`` they are replaced by a stable pseudonym:
+``k:`` and 32 hex digits of SHA-256 over the original, or of HMAC-SHA-256 when
+the deployment passes a ``hash_key``. The core routes and threads on the
+original event, so the channel needs only a stable opaque value. Visit numbers
+are few enough to guess, so only the keyed form resists a dictionary attack.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def _pseudonym(value: str, hash_key: bytes | None) -> str:
     data = value.encode("utf-8")
     digest = hmac.new(hash_key, data, hashlib.sha256) if hash_key else hashlib.sha256(data)
     return f"k:{digest.hexdigest()[:32]}"
+
+
+def _names_event_types(value: str) -> bool:
+    # A link to event types carries no PHI; a webhook receiver needs it readable to know what to strike.
+    return all(part in _EVENT_TYPES for part in value.split(","))
 
 
 def _initial(name: str | None) -> str | None:
@@ -124,7 +129,7 @@ def redact(event: ClinicalEvent, level: PhiLevel, *, hash_key: bytes | None = No
     if subject is not None and subject.key is not None:
         subject = subject.model_copy(update={"key": _pseudonym(subject.key, hash_key)})
     links = {
-        name: value if value in _EVENT_TYPES else _pseudonym(value, hash_key) for name, value in event.links.items()
+        name: value if _names_event_types(value) else _pseudonym(value, hash_key) for name, value in event.links.items()
     }
     return reduced.model_copy(
         update={

@@ -47,7 +47,7 @@ class EventType(StrEnum):
     ENCOUNTER_DISCHARGED = "encounter.discharged"
     #: ADT^A08: patient or visit information updated (high volume; usually not routed).
     ENCOUNTER_UPDATED = "encounter.updated"
-    #: ADT^A11: admission or registration cancelled; strikes the admitted post.
+    #: ADT^A11: admission or registration cancelled; strikes the admitted or registered post.
     ADMISSION_CANCELLED = "encounter.admission_cancelled"
     #: ADT^A12: transfer cancelled; strikes the transferred post.
     TRANSFER_CANCELLED = "encounter.transfer_cancelled"

@@ -85,7 +85,8 @@ def one(mapper: Mapper, message: Message) -> ClinicalEvent:
             EventType.ADMISSION_CANCELLED,
             Severity.NOTICE,
             Lifecycle.CANCEL,
-            {"cancels": "encounter.admitted"},
+            # A11 cancels the admit/visit notification: an admission (A01) or a registration (A04).
+            {"cancels": "encounter.admitted,encounter.registered"},
         ),
         (
             "A12",
@@ -118,7 +119,7 @@ def test_adt_trigger_maps_to_its_event_type_lifecycle_and_links(
         lifecycle,
         links,
     )
-    assert event.thread_key == "enc:TESTHOSP:V555"
+    assert event.thread_key == "enc:V555"
     assert event.subject is not None and event.subject.kind == "encounter"
 
 
@@ -164,7 +165,39 @@ def test_mrn_falls_back_to_the_first_identifier_without_an_mr_type(mapper: Mappe
 def test_visit_number_falls_back_to_the_account_number(mapper: Mapper) -> None:
     event = one(mapper, adt("A01", PID, "PV1|1|O|CLINIC^^^TESTHOSP"))
     assert event.encounter.visit_number == "ACCT77"
-    assert event.thread_key == "enc:TESTHOSP:ACCT77"
+    assert event.thread_key == "enc:ACCT77"
+
+
+def pv1_with_visit(visit: str) -> str:
+    return "PV1|1|I|4E^136^B^TESTHOSP" + "|" * 16 + visit
+
+
+def pid_with_account(account: str) -> str:
+    return "PID|1||12345^^^TESTHOSP^MR||Testpatient^Alpha" + "|" * 13 + account
+
+
+@pytest.mark.parametrize(
+    ("visit", "account", "thread_key"),
+    [
+        ("V555^^^ADTHOSP", "", "enc:ADTHOSP:V555"),
+        ("V555^^^ADTHOSP&1.2.3&ISO^VN", "", "enc:ADTHOSP:V555"),
+        ("V555", "", "enc:V555"),
+        ("V555^^^&1.2.3&ISO", "", "enc:V555"),
+        ("", "ACCT77^^^BILLING^AN", "enc:BILLING:ACCT77"),
+        ("", "ACCT77", "enc:ACCT77"),
+        ('""', "ACCT77^^^BILLING", "enc:BILLING:ACCT77"),
+        ("^^^ADTHOSP", "ACCT77", "enc:ACCT77"),
+        # Each number keeps its own authority: PID-18's never scopes PV1-19, nor the other way round.
+        ("V555", "ACCT77^^^BILLING", "enc:V555"),
+        ("V555^^^ADTHOSP", "ACCT77^^^BILLING", "enc:ADTHOSP:V555"),
+        ("^^^ADTHOSP", "", "pat:TESTHOSP:12345"),
+    ],
+)
+def test_visit_thread_is_scoped_by_the_visit_numbers_own_authority(
+    mapper: Mapper, visit: str, account: str, thread_key: str
+) -> None:
+    event = one(mapper, adt("A01", pid_with_account(account), pv1_with_visit(visit)))
+    assert event.thread_key == thread_key
 
 
 def test_missing_pv1_does_not_fail_and_threads_on_the_patient(mapper: Mapper) -> None:
@@ -179,15 +212,37 @@ def test_mrn_without_authority_threads_on_the_sending_facility(mapper: Mapper) -
     assert event.thread_key == "pat:TESTHOSP:12345"
 
 
+def test_mrn_without_authority_or_sending_facility_threads_on_the_mrn(mapper: Mapper) -> None:
+    msh = MSH_ADT.replace("|ADTAPP|TESTHOSP|", "|ADTAPP||").format(trigger="A08")
+    event = one(mapper, hl7(msh, EVN.format(trigger="A08"), "PID|1||12345||Testpatient^Alpha"))
+    assert event.thread_key == "pat:12345"
+
+
 def test_message_without_patient_or_visit_threads_on_its_control_id(mapper: Mapper) -> None:
     assert one(mapper, adt("A08")).thread_key == "msg:CTRLA08"
 
 
-def test_visit_numbers_of_two_facilities_do_not_share_a_thread(mapper: Mapper) -> None:
-    other = MSH_ADT.replace("|ADTAPP|TESTHOSP|", "|ADTAPP|OTHERHOSP|").format(trigger="A01")
-    here = one(mapper, adt("A01", PID, PV1))
-    there = one(mapper, hl7(other, EVN.format(trigger="A01"), PID, PV1))
-    assert here.thread_key != there.thread_key
+def from_facility(msh: str, facility: str) -> str:
+    fields = msh.split("|")
+    fields[3] = facility
+    return "|".join(fields)
+
+
+def test_same_visit_number_of_two_authorities_does_not_share_a_thread(mapper: Mapper) -> None:
+    here = one(mapper, adt("A01", PID, pv1_with_visit("V555^^^HOSP_A")))
+    there = one(mapper, adt("A01", PID, pv1_with_visit("V555^^^HOSP_B")))
+    assert (here.thread_key, there.thread_key) == ("enc:HOSP_A:V555", "enc:HOSP_B:V555")
+    # Otherwise identical content: only the thread (and so the dedup key) tells them apart.
+    assert here.dedup_key != there.dedup_key
+
+
+def test_the_sending_facility_does_not_scope_the_visit(mapper: Mapper) -> None:
+    visit = pv1_with_visit("V555^^^HOSP")
+    here = one(mapper, hl7(from_facility(MSH_ADT.format(trigger="A01"), "ADT1"), EVN.format(trigger="A01"), PID, visit))
+    there = one(
+        mapper, hl7(from_facility(MSH_ADT.format(trigger="A02"), "ADT2"), EVN.format(trigger="A02"), PID, visit)
+    )
+    assert here.thread_key == there.thread_key == "enc:HOSP:V555"
 
 
 @pytest.mark.parametrize(
@@ -340,12 +395,12 @@ def test_oru_event_type_follows_result_status_and_flags(
 
 def test_correction_links_to_the_subject_key(mapper: Mapper) -> None:
     event = one(mapper, oru(obr(1, "FL1", "C"), obx(1, "K", "4.0", "N", "C")))
-    assert event.links == {"corrects": "FL1"}
+    assert event.links == {"corrects": "TESTHOSP:FL1"}
 
 
 def test_withdrawn_result_links_to_the_subject_key_it_cancels(mapper: Mapper) -> None:
     event = one(mapper, oru(obr(1, "FL1", "F"), obx(1, "K", "4.0", "N", "W")))
-    assert event.links == {"cancels": "FL1"}
+    assert event.links == {"cancels": "TESTHOSP:FL1"}
 
 
 def test_critical_flags_are_configurable(mapper: Mapper) -> None:
@@ -426,18 +481,19 @@ def test_each_obr_makes_one_event_with_its_own_observations(mapper: Mapper) -> N
     )
     assert [e.id for e in events] == ["m7-1", "m7-2"]
     assert [e.type for e in events] == [EventType.RESULT_CRITICAL, EventType.RESULT_FINAL]
-    assert [e.subject.key for e in events if e.subject] == ["FL1", "FL2"]
+    assert [e.subject.key for e in events if e.subject] == ["TESTHOSP:FL1", "TESTHOSP:FL2"]
     assert [[o.code for o in e.subject.observations] for e in events if e.subject] == [["K"], ["NA", "CL"]]
-    assert {e.thread_key for e in events} == {"enc:TESTHOSP:V555"}
+    assert {e.thread_key for e in events} == {"enc:V555"}
 
 
 @pytest.mark.parametrize(
     ("orc", "obr_line", "key"),
     [
-        ("ORC|RE|PL1|FL1", obr(1, "FLOBR", "F", "PLOBR"), "FLOBR"),
-        ("ORC|RE|PL1|FL1", obr(1, "", "F", "PLOBR"), "PLOBR"),
-        ("ORC|RE|PL1|FL1", obr(1, "", "F"), "FL1"),
-        ("ORC|RE|PL1", obr(1, "", "F"), "PL1"),
+        ("ORC|RE|PL1|FL1", obr(1, "FLOBR", "F", "PLOBR"), "TESTHOSP:FLOBR"),
+        ("ORC|RE|PL1|FL1", obr(1, "FLOBR^LAB2", "F", "PLOBR"), "LAB2:FLOBR"),
+        ("ORC|RE|PL1|FL1", obr(1, "", "F", "PLOBR"), "TESTHOSP:PLOBR"),
+        ("ORC|RE|PL1|FL1", obr(1, "", "F"), "TESTHOSP:FL1"),
+        ("ORC|RE|PL1", obr(1, "", "F"), "TESTHOSP:PL1"),
         ("NTE|1||no order control", obr(3, "", "F"), "LAB1-3"),
         ("NTE|1||no order control", "OBR||||BMP", "LAB1-1"),
     ],
@@ -451,7 +507,7 @@ def test_result_subject_key_falls_back_from_filler_to_placer_to_message(
 
 def test_an_obr_without_orc_does_not_inherit_the_previous_orc(mapper: Mapper) -> None:
     events = run(mapper, oru("ORC|RE|PL1|FL1", obr(1, "", "F"), obr(2, "", "F")))
-    assert [e.subject.key for e in events if e.subject] == ["FL1", "LAB1-2"]
+    assert [e.subject.key for e in events if e.subject] == ["TESTHOSP:FL1", "LAB1-2"]
 
 
 def test_results_of_two_patients_in_one_message_keep_their_patient(mapper: Mapper) -> None:
@@ -467,7 +523,7 @@ def test_results_of_two_patients_in_one_message_keep_their_patient(mapper: Mappe
         ),
     )
     assert [e.patient.given for e in events] == ["Alpha", "Gamma"]
-    assert [e.thread_key for e in events] == ["enc:TESTHOSP:V555", "enc:TESTHOSP:V777"]
+    assert [e.thread_key for e in events] == ["enc:V555", "enc:V777"]
 
 
 def test_the_next_patient_never_inherits_the_previous_visit(mapper: Mapper) -> None:
@@ -480,7 +536,7 @@ def test_the_next_patient_never_inherits_the_previous_visit(mapper: Mapper) -> N
         ),
     )
     assert [(e.encounter.visit_number, e.thread_key) for e in events] == [
-        ("V555", "enc:TESTHOSP:V555"),
+        ("V555", "enc:V555"),
         (None, "pat:TESTHOSP:67890"),
     ]
     assert events[1].encounter.attending is None
@@ -503,9 +559,12 @@ def test_oru_without_obr_yields_no_events(mapper: Mapper) -> None:
 # --- orders ---------------------------------------------------------------------------------------
 
 
+def order_header(facility: str, code: str = "ORM", trigger: str = "O01") -> str:
+    return f"MSH|^~\\&|CPOE|{facility}|LAB|TESTHOSP|20240115103000||{code}^{trigger}|ORD1|P|2.5.1"
+
+
 def order(code: str, trigger: str, *orcs: str) -> Message:
-    msh = f"MSH|^~\\&|CPOE|TESTHOSP|LAB|TESTHOSP|20240115103000||{code}^{trigger}|ORD1|P|2.5.1"
-    return hl7(msh, ORU_PID, ORU_PV1, *orcs)
+    return hl7(order_header("TESTHOSP", code, trigger), ORU_PID, ORU_PV1, *orcs)
 
 
 @pytest.mark.parametrize(("code", "trigger"), [("ORM", "O01"), ("OML", "O21")])
@@ -532,7 +591,7 @@ def test_order_control_decides_placed_or_cancelled(
     assert event.subject is not None
     assert (event.subject.kind, event.subject.key, event.subject.code, event.subject.text) == (
         "order",
-        "PL1",
+        "TESTHOSP:PL1",
         "CBC",
         "Blood count",
     )
@@ -544,15 +603,83 @@ def test_each_orc_makes_one_order_event(mapper: Mapper) -> None:
         order("ORM", "O01", "ORC|NW|PL1", "OBR|1|PL1||CBC", "ORC|CA|PL2", "OBR|1|PL2||BMP", "ORC|SC|PL3"),
     )
     assert [(e.type, e.subject.key if e.subject else None) for e in events] == [
-        (EventType.ORDER_PLACED, "PL1"),
-        (EventType.ORDER_CANCELLED, "PL2"),
+        (EventType.ORDER_PLACED, "TESTHOSP:PL1"),
+        (EventType.ORDER_CANCELLED, "TESTHOSP:PL2"),
     ]
+
+
+def test_same_accession_number_from_two_labs_is_two_subjects(mapper: Mapper) -> None:
+    # The thread spans every sender of a visit: a correction from one lab must not edit another lab's post.
+    result = (ORU_PID, ORU_PV1, obr(1, "F100", "F"), obx(1, "K", "4.0", "N", "F"))
+    lab1 = one(mapper, hl7(from_facility(MSH_ORU.format(control="A1"), "LAB1"), *result))
+    lab2 = one(mapper, hl7(from_facility(MSH_ORU.format(control="A2"), "LAB2"), *result))
+    assert lab1.thread_key == lab2.thread_key
+    assert lab1.subject is not None and lab2.subject is not None
+    assert lab1.subject.key != lab2.subject.key
+
+
+def test_same_placer_number_from_two_ordering_facilities_is_two_orders(mapper: Mapper) -> None:
+    # The thread is the whole encounter now, so the sender no longer scopes the order number through it.
+    ward = one(mapper, hl7(order_header("WARD"), ORU_PID, ORU_PV1, "ORC|NW|1001", "OBR|1|1001||CBC"))
+    clinic = one(mapper, hl7(order_header("CLINIC"), ORU_PID, ORU_PV1, "ORC|NW|1001", "OBR|1|1001||BMP"))
+    assert ward.thread_key == clinic.thread_key
+    assert ward.dedup_key != clinic.dedup_key
+
+
+@pytest.mark.parametrize(
+    ("request_orc", "confirm_orc", "same_fact"),
+    [
+        ("ORC|CA|1001^CPOE", "ORC|CR|1001^CPOE|F77^LAB", True),
+        ("ORC|CA|1001^CPOE", "ORC|CR|1001^OTHERCPOE|F77^LAB", False),
+        # Without a namespace the number is scoped by its sender, and placer and filler send from two facilities.
+        ("ORC|CA|1001", "ORC|CR|1001|F77", False),
+    ],
+)
+def test_cancel_request_and_its_confirmation_are_one_fact_within_the_order_numbers_namespace(
+    mapper: Mapper, request_orc: str, confirm_orc: str, same_fact: bool
+) -> None:
+    request = one(mapper, hl7(order_header("WARD"), ORU_PID, ORU_PV1, request_orc, "OBR|1|1001||CBC"))
+    confirmation = one(mapper, hl7(order_header("LAB1"), ORU_PID, ORU_PV1, confirm_orc, "OBR|1|1001||CBC"))
+    assert request.type is confirmation.type is EventType.ORDER_CANCELLED
+    assert (request.dedup_key == confirmation.dedup_key) is same_fact
+
+
+def test_resent_new_order_has_the_same_dedup_key(mapper: Mapper) -> None:
+    first = one(mapper, order("ORM", "O01", "ORC|NW|PL1^CPOE", "OBR|1|PL1||CBC"))
+    again = one(mapper, order("ORM", "O01", "ORC|NW|PL1^CPOE||||||20240115110000", "OBR|1|PL1||CBC"))
+    assert first.dedup_key == again.dedup_key
 
 
 def test_unmapped_order_control_yields_no_event_but_the_message_is_mapped(mapper: Mapper) -> None:
     message = order("ORM", "O01", "ORC|SC|PL1", "OBR|1|PL1||CBC")
     assert run(mapper, message) == []
     assert mapper.matches(message)
+
+
+# --- threads across message families --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("visit", "thread_key"), [("V555^^^HOSP", "enc:HOSP:V555"), ("V555", "enc:V555")])
+def test_results_and_orders_join_the_admission_thread_of_the_same_visit(
+    mapper: Mapper, visit: str, thread_key: str
+) -> None:
+    # Regression: the key was scoped by MSH-4, the lab's own facility, so results never joined the admission.
+    pv1 = pv1_with_visit(visit)
+    admission = one(
+        mapper, hl7(from_facility(MSH_ADT.format(trigger="A01"), "ADT1"), EVN.format(trigger="A01"), PID, pv1)
+    )
+    result = one(
+        mapper,
+        hl7(
+            from_facility(MSH_ORU.format(control="R1"), "LAB1"),
+            ORU_PID,
+            pv1,
+            obr(1, "FL1", "F"),
+            obx(1, "K", "4.0", "N", "F"),
+        ),
+    )
+    placed = one(mapper, hl7(order_header("CPOE1"), ORU_PID, pv1, "ORC|NW|PL1", "OBR|1|PL1||CBC"))
+    assert admission.thread_key == result.thread_key == placed.thread_key == thread_key
 
 
 # --- matching -------------------------------------------------------------------------------------

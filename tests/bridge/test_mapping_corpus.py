@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import ParseError
+from bridge.events import ClinicalEvent
 from bridge.hl7.reader import Message, parse, split_messages
 from bridge.mapping import Mapper
 
@@ -86,6 +87,42 @@ def test_corpus_messages_of_mapped_types_yield_events_and_others_none(mapper: Ma
             assert count >= 1, where
         else:
             assert count == 0, where
+
+
+def from_elsewhere(raw: bytes) -> bytes:
+    """The same message with another sending facility (MSH-4); the rest byte for byte."""
+    end = min((i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0), default=len(raw))
+    separator = raw[3:4]
+    fields = raw[:end].split(separator)
+    if len(fields) > 3:
+        fields[3] = b"ELSEWHERE"
+    return separator.join(fields) + raw[end:]
+
+
+def events_of(mapper: Mapper, raw: bytes) -> list[ClinicalEvent]:
+    try:
+        message = parse(raw)
+    except ParseError:
+        return []
+    return mapper.map_hl7(
+        message,
+        message_id="corpus",
+        source="urn:ehr-bridge:hl7v2:corpus",
+        received_at=datetime(2024, 1, 1, tzinfo=UTC),
+        origin={"listener": "corpus"},
+    )
+
+
+@pytest.mark.parametrize("path", corpus_files(bad=False), ids=lambda p: str(p.relative_to(CORPUS)))
+def test_corpus_visit_threads_do_not_depend_on_the_sending_facility(mapper: Mapper, path: Path) -> None:
+    # A lab and the ADT system send the same visit from two facilities; only the visit's authority scopes it.
+    for index, raw in enumerate(split_messages(path.read_bytes())):
+        here, there = events_of(mapper, raw), events_of(mapper, from_elsewhere(raw))
+        assert len(here) == len(there), f"message {index}"
+        for a, b in zip(here, there, strict=True):
+            if a.encounter.visit_number is not None:
+                assert a.thread_key.startswith("enc:"), f"message {index}"
+                assert a.thread_key == b.thread_key, f"message {index}"
 
 
 def test_corpus_covers_every_mapped_family(mapper: Mapper) -> None:
