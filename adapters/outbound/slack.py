@@ -6,7 +6,41 @@ the original post (REFERENCE §4.1, §6.5).
 
 :meth:`SlackAdapter.render` returns a :class:`SlackCall`: the Web API method
 name and its JSON arguments. It is pure, so payloads are snapshot-tested as
-plain dicts; :meth:`SlackAdapter.send` only adds the bearer token.
+plain dicts; :meth:`SlackAdapter.send` adds the bearer token and keeps a retry
+from posting twice.
+
+``chat.postMessage`` has no idempotency key, so a post that times out (or gets
+a 5xx) after Slack accepted it would appear twice when the worker retries, and
+the second copy would become a second thread root. Every post therefore
+carries Slack message metadata (event type ``ehr_bridge_delivery``, payload
+``{"delivery_id": ...}``; the delivery id is a bridge-generated identifier,
+never PHI). When the previous attempt of a delivery *may* have been posted,
+the next attempt first looks for it with ``conversations.history`` (or
+``conversations.replies`` for a reply; ``include_all_metadata``) and returns
+the found ``ts`` instead of posting again.
+
+Which attempts are looked up: only deliveries this adapter instance saw fail
+ambiguously and has not seen settled since. Ambiguous means Slack may have
+posted: a timeout or transport error, an HTTP 5xx or 408, a 2xx that is not
+Slack's JSON (a proxy page), or ``ok:false`` with ``fatal_error`` or
+``internal_error`` (Slack documents that "some aspect of the operation"
+may have succeeded). A 429, any other ``ok:false`` or another 3xx/4xx is
+Slack (or the path to it) refusing, and leaves no trace. A delivery is settled
+when a post succeeds, when a lookup finds it, or when a lookup answers that
+it is not there. So a first attempt, and a retry after a clean refusal, cost
+no extra call. The record is in memory, bounded (the oldest of
+``MAX_UNSETTLED`` are forgotten) and lost on restart: a delivery retried after
+a restart is posted without a lookup, as before (at-least-once is the floor).
+
+The lookup is bounded to the window of the ambiguous attempts (their start
+and end, widened by ``CLOCK_SKEW`` for the difference between our clock and
+Slack's) and to one page of ``LOOKUP_LIMIT`` messages: narrow enough that
+Slack's 15-message cap for non-Marketplace distributed apps still covers it
+in all but the busiest channels. If the lookup fails (no ``channels:history``
+or ``groups:history`` scope, rate limit, network), it is logged as
+``slack.dedup_lookup_failed`` with the error code and the post goes ahead.
+``chat.update`` needs none of this: repeating it sets the same content on the
+same ``ts``.
 """
 
 from __future__ import annotations
@@ -14,10 +48,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, NoReturn
+from urllib.parse import urlencode
 
 import httpx
 import structlog
@@ -25,7 +61,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from adapters.outbound.http import parse_retry_after, raise_for_delivery, request
 from bridge.channels import AdapterContext, ChannelConfig, Post, SendResult
-from bridge.errors import Permanent, Retryable
+from bridge.errors import DeliveryError, Permanent, Retryable
 from bridge.events import Lifecycle, Severity
 
 __all__ = ["SlackAdapter", "SlackCall", "SlackConfig"]
@@ -42,6 +78,20 @@ MAX_BLOCKS = 50
 ELLIPSIS = "…"
 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+_ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
+
+#: Slack message metadata event type that marks the bridge's posts (``[a-z0-9_]`` per Slack's rules).
+METADATA_EVENT_TYPE = "ehr_bridge_delivery"
+#: Deliveries whose last attempt may have been posted, remembered per adapter instance.
+MAX_UNSETTLED = 10_000
+#: Messages read by one duplicate lookup (one page; no pagination).
+LOOKUP_LIMIT = 50
+#: Seconds added on each side of the lookup window: our clock and Slack's may disagree.
+CLOCK_SKEW = 300.0
+
+#: ``ok:false`` errors after which the message may exist anyway: Slack documents both as
+#: "It's possible some aspect of the operation succeeded before the error was raised".
+_MAYBE_DONE_ERRORS = frozenset({"fatal_error", "internal_error"})
 
 #: Errors that will fail every delivery of the channel until someone fixes the token,
 #: the app's scopes or the channel: they disable the channel rather than dead-letter
@@ -128,6 +178,22 @@ class SlackConfig(ChannelConfig):
 
 
 @dataclass(frozen=True, slots=True)
+class _Window:
+    """When the ambiguous attempts of one delivery ran, by the adapter's clock."""
+
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What a duplicate lookup learned: ``known`` is False when Slack did not answer it."""
+
+    known: bool
+    ts: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SlackCall:
     """One Web API call: ``method`` (``chat.postMessage`` or ``chat.update``) and its JSON arguments."""
 
@@ -156,6 +222,8 @@ class SlackAdapter:
         self._name = context.name
         self._http = context.http
         self._clock = clock
+        #: Delivery id → window of its attempts that may have been posted; oldest first.
+        self._unsettled: OrderedDict[str, _Window] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"SlackAdapter(name={self._name!r}, channel={self._config.channel!r})"
@@ -186,6 +254,8 @@ class SlackAdapter:
             "blocks": _blocks(post, label=label, struck=False),
             "unfurl_links": self._config.unfurl,
             "unfurl_media": self._config.unfurl,
+            # chat.postMessage has no idempotency key: this lets a retry find the post it may already have made.
+            "metadata": {"event_type": METADATA_EVENT_TYPE, "event_payload": {"delivery_id": post.delivery_id}},
         }
         if post.thread_ref is not None:
             body["thread_ts"] = post.thread_ref
@@ -195,20 +265,52 @@ class SlackAdapter:
         return SlackCall("chat.postMessage", body)
 
     async def send(self, payload: SlackCall) -> SendResult:
-        """Call the Web API. Returns the message ``ts``; raises ``Retryable`` or ``Permanent``."""
-        content = json.dumps(payload.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        response = await request(
+        """Call the Web API. Returns the message ``ts``; raises ``Retryable`` or ``Permanent``.
+
+        A ``chat.postMessage`` whose previous attempt may have been posted is looked up
+        first, and not posted again if found (see the module docstring).
+        """
+        delivery_id = _delivery_id(payload) if payload.method == "chat.postMessage" else None
+        window = self._unsettled.get(delivery_id) if delivery_id is not None else None
+        if delivery_id is not None and window is not None:
+            found = await self._lookup(payload.body, delivery_id, window)
+            if found.known:
+                self._unsettled.pop(delivery_id, None)
+            if found.ts is not None:
+                log.info("slack.duplicate_avoided", channel=self._name, delivery_id=delivery_id, ts=found.ts)
+                return SendResult(external_id=found.ts)
+        started = self._clock()
+        try:
+            # Without the charset Slack answers with a missing_charset warning.
+            response = await self._call(payload.method, _json_body(payload.body), "application/json; charset=utf-8")
+        except Retryable:
+            # A timeout or a broken connection says nothing about whether Slack posted.
+            self._remember(delivery_id, started)
+            raise
+        try:
+            result = self._result(payload, response)
+        except DeliveryError:
+            if _maybe_posted(response):
+                self._remember(delivery_id, started)
+            raise
+        if delivery_id is not None:
+            self._unsettled.pop(delivery_id, None)
+        return result
+
+    async def _call(self, method: str, content: bytes, content_type: str) -> httpx.Response:
+        return await request(
             self._http,
             "POST",
-            f"{self._config.base_url}/{payload.method}",
+            f"{self._config.base_url}/{method}",
             content=content,
             headers={
                 "Authorization": f"Bearer {self._config.token.get_secret_value()}",
-                # Without the charset Slack answers with a missing_charset warning.
-                "Content-Type": "application/json; charset=utf-8",
+                "Content-Type": content_type,
             },
             timeout=self._config.timeout,
         )
+
+    def _result(self, payload: SlackCall, response: httpx.Response) -> SendResult:
         now = datetime.fromtimestamp(self._clock(), UTC)
         raise_for_delivery(response, now=now)
         try:
@@ -238,8 +340,55 @@ class SlackAdapter:
                 log.warning("slack.thread_lost", channel=self._name, thread_ts=sent_thread, ts=ts)
         return SendResult(external_id=ts)
 
+    def _remember(self, delivery_id: str | None, started: float) -> None:
+        if delivery_id is None:
+            return
+        earlier = self._unsettled.pop(delivery_id, None)
+        self._unsettled[delivery_id] = _Window(earlier.start if earlier else started, self._clock())
+        while len(self._unsettled) > MAX_UNSETTLED:
+            self._unsettled.popitem(last=False)
+
+    async def _lookup(self, body: Mapping[str, Any], delivery_id: str, window: _Window) -> _Lookup:
+        """Look for an earlier post of ``delivery_id``; never raises, since the post must go ahead anyway."""
+        params = {
+            "channel": self._config.channel,
+            "limit": str(LOOKUP_LIMIT),
+            "include_all_metadata": "true",
+            "oldest": f"{max(window.start - CLOCK_SKEW, 0.0):.6f}",
+            "latest": f"{window.end + CLOCK_SKEW:.6f}",
+            "inclusive": "true",
+        }
+        thread = body.get("thread_ts")
+        # Replies are not in conversations.history; a reply whose parent was deleted was posted
+        # top-level (slack-go #1571), where conversations.history finds it.
+        methods = ["conversations.history"]
+        if isinstance(thread, str):
+            methods.insert(0, "conversations.replies")
+        method = methods[0]
+        try:
+            for method in methods:
+                args = {**params, "ts": thread} if method == "conversations.replies" else params
+                # Read methods take form arguments, not JSON (docs.slack.dev/apis/web-api).
+                response = await self._call(
+                    method, urlencode(args).encode("ascii"), "application/x-www-form-urlencoded"
+                )
+                answer = _lookup_answer(response)
+                if isinstance(answer, list):
+                    return _Lookup(known=True, ts=_posted_ts(answer, delivery_id))
+                error = answer
+                if error != "thread_not_found":
+                    break
+        except DeliveryError as exc:
+            error = type(exc.__cause__).__name__ if exc.__cause__ is not None else type(exc).__name__
+        except Exception as exc:  # boundary: the lookup only saves a duplicate and must never stop the post
+            error = type(exc).__name__
+        log.warning(
+            "slack.dedup_lookup_failed", channel=self._name, method=method, delivery_id=delivery_id, error=error
+        )
+        return _Lookup(known=False)
+
     def _raise_api_error(self, method: str, error: object, response: httpx.Response, now: datetime) -> NoReturn:
-        code = error if isinstance(error, str) and re.fullmatch(r"[a-z0-9_]{1,64}", error) else "unknown"
+        code = _error_code(error)
         log.warning("slack.api_error", channel=self._name, method=method, error=code)
         message = f"slack {method}: {code}"
         if code in _TRANSIENT_ERRORS:
@@ -249,6 +398,70 @@ class SlackAdapter:
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the runtime."""
         return None
+
+
+def _error_code(error: object) -> str:
+    # Slack's codes are snake_case; anything else may echo content back and is not logged.
+    return error if isinstance(error, str) and _ERROR_CODE.fullmatch(error) else "unknown"
+
+
+def _json_body(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _delivery_id(payload: SlackCall) -> str | None:
+    metadata = payload.body.get("metadata")
+    event_payload = metadata.get("event_payload") if isinstance(metadata, dict) else None
+    delivery_id = event_payload.get("delivery_id") if isinstance(event_payload, dict) else None
+    return delivery_id if isinstance(delivery_id, str) else None
+
+
+def _maybe_posted(response: httpx.Response) -> bool:
+    """Whether a failed ``chat.postMessage`` answered with ``response`` may still have been posted."""
+    status = response.status_code
+    if status >= 500 or status == 408:
+        return True
+    if not 200 <= status < 300:
+        # 429 and the other 3xx/4xx: refused before anything was posted.
+        return False
+    try:
+        data = response.json()
+    except ValueError:
+        # Not Slack's answer but a proxy's: it may have forwarded the request.
+        return True
+    return not isinstance(data, dict) or data.get("error") in _MAYBE_DONE_ERRORS
+
+
+def _lookup_answer(response: httpx.Response) -> list[Any] | str:
+    """The messages of a readable lookup answer, or an error code safe to log."""
+    if not 200 <= response.status_code < 300:
+        return f"http_{response.status_code}"
+    try:
+        data = response.json()
+    except ValueError:
+        return "not_json"
+    if not isinstance(data, dict):
+        return "unexpected_shape"
+    if data.get("ok") is not True:
+        return _error_code(data.get("error"))
+    messages = data.get("messages")
+    return messages if isinstance(messages, list) else "unexpected_shape"
+
+
+def _posted_ts(messages: list[Any], delivery_id: str) -> str | None:
+    """The ts of the earliest message in ``messages`` that the bridge posted for ``delivery_id``."""
+    found = [
+        message["ts"]
+        for message in messages
+        if isinstance(message, dict)
+        and isinstance(message.get("ts"), str)
+        and isinstance(metadata := message.get("metadata"), dict)
+        and metadata.get("event_type") == METADATA_EVENT_TYPE
+        and isinstance(event_payload := metadata.get("event_payload"), dict)
+        and event_payload.get("delivery_id") == delivery_id
+    ]
+    # Slack ts are "<10-digit seconds>.<6-digit micros>": as strings they sort in time order.
+    return min(found) if found else None
 
 
 def _escape(text: str) -> str:

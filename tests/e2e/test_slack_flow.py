@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import itertools
 import json
+from urllib.parse import parse_qs
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -126,16 +127,28 @@ class FakeSlack:
     """
 
     calls: list[Call] = field(default_factory=list)
-    _scripts: list[tuple[str, list[httpx.Response]]] = field(default_factory=list)
+    #: Every message Slack holds, with its metadata, as conversations.history returns them.
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    _scripts: list[tuple[str, list[httpx.Response | Exception]]] = field(default_factory=list)
     _serial: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
-    def answer_first(self, needle: str, *responses: httpx.Response) -> None:
+    def answer_first(self, needle: str, *responses: httpx.Response | Exception) -> None:
+        """An exception scripts "Slack accepted the post, then the connection failed"."""
         self._scripts.append((needle, list(responses)))
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         method = request.url.path.rsplit("/", 1)[-1]
+        if method.startswith("conversations."):
+            form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+            thread = form.get("ts")
+            found = [m for m in self.messages if thread is None or thread in (m["ts"], m.get("thread_ts"))]
+            return httpx.Response(200, json={"ok": True, "messages": found})
         body: dict[str, Any] = json.loads(request.content)
-        response = self._scripted(str(body.get("text", ""))) or self._success(method, body)
+        scripted = self._scripted(str(body.get("text", "")))
+        if isinstance(scripted, Exception):
+            self._success(method, body)  # Slack posted it; the answer never arrives
+            raise scripted
+        response = scripted or self._success(method, body)
         answer = json.loads(response.content) if response.status_code == 200 else {}
         self.calls.append(
             Call(
@@ -149,7 +162,7 @@ class FakeSlack:
         )
         return response
 
-    def _scripted(self, text: str) -> httpx.Response | None:
+    def _scripted(self, text: str) -> httpx.Response | Exception | None:
         for needle, queue in self._scripts:
             if needle in text and queue:
                 return queue.pop(0)
@@ -162,6 +175,7 @@ class FakeSlack:
         message: dict[str, Any] = {"type": "message", "text": body["text"], "ts": ts}
         if "thread_ts" in body:
             message["thread_ts"] = body["thread_ts"]
+        self.messages.append({**message, "metadata": body.get("metadata")})
         return httpx.Response(200, json={"ok": True, "channel": body["channel"], "ts": ts, "message": message})
 
     def posted(self) -> list[Call]:
@@ -197,6 +211,8 @@ def slack() -> Iterator[FakeSlack]:
     with respx.mock(base_url=SLACK_API, assert_all_called=False) as router:
         router.post("/chat.postMessage").mock(side_effect=fake)
         router.post("/chat.update").mock(side_effect=fake)
+        router.post("/conversations.history").mock(side_effect=fake)
+        router.post("/conversations.replies").mock(side_effect=fake)
         yield fake
 
 
@@ -401,3 +417,20 @@ async def test_withdrawn_result_strikes_through_the_original_result_post(bridge:
     withdrawal = slack.calls[2]
     assert (withdrawal.method, withdrawal.body.get("ts")) == ("chat.update", slack.one_post(POTASSIUM).ts)
     assert withdrawal.text.startswith("Cancelled: ~Result withdrawn") and withdrawal.text.endswith("~")
+
+
+async def test_post_accepted_by_slack_but_timed_out_is_not_posted_again(bridge: Bridge, slack: FakeSlack) -> None:
+    # Slack has no idempotency key: the retry finds the first post by the delivery id in its metadata.
+    slack.answer_first(ADMITTED_ALPHA, httpx.ReadTimeout("accepted, but the answer was lost"))
+    await send(bridge, adt("A01", "V1", when="20260101100000"))
+
+    async def delivered() -> bool:
+        rows = await bridge.runtime.store.query("SELECT status FROM deliveries")
+        return rows == [("delivered",)]
+
+    await eventually(delivered, "the delivery recorded as delivered")
+    await asyncio.sleep(SETTLE)
+
+    assert len([m for m in slack.messages if ADMITTED_ALPHA in m["text"]]) == 1
+    (external_id,) = (await bridge.runtime.store.query("SELECT external_id FROM deliveries"))[0]
+    assert external_id == slack.messages[0]["ts"]

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pydantic
@@ -15,6 +16,7 @@ import pytest
 import respx
 from structlog.testing import capture_logs
 
+from adapters.outbound import slack as slack_module
 from adapters.outbound.slack import SlackAdapter, SlackCall, SlackConfig
 from bridge.channels import AdapterContext, OutboundAdapter, Post
 from bridge.errors import Permanent, Retryable
@@ -71,9 +73,10 @@ def _post(
     facts: tuple[tuple[str, str], ...] = (("Patient", "A. T."), ("Location", "ICU/3")),
     thread_ref: str | None = None,
     original_ref: str | None = None,
+    delivery_id: str = "dlv-0001",
 ) -> Post:
     return Post(
-        delivery_id="dlv-0001",
+        delivery_id=delivery_id,
         channel="icu-slack",
         event=_event(lifecycle=lifecycle, severity=severity),
         title=title,
@@ -126,13 +129,12 @@ def test_new_event_renders_post_message_snapshot(adapter: SlackAdapter) -> None:
                 },
                 {
                     "type": "context",
-                    "elements": [
-                        {"type": "mrkdwn", "text": ":rotating_light: *critical* · `result.critical`"}
-                    ],
+                    "elements": [{"type": "mrkdwn", "text": ":rotating_light: *critical* · `result.critical`"}],
                 },
             ],
             "unfurl_links": False,
             "unfurl_media": False,
+            "metadata": {"event_type": "ehr_bridge_delivery", "event_payload": {"delivery_id": "dlv-0001"}},
         },
     )
 
@@ -198,9 +200,7 @@ def test_cancellation_strikes_the_original_post_and_says_cancelled(adapter: Slac
     assert not any(block["type"] == "header" for block in call.body["blocks"])
 
 
-@pytest.mark.parametrize(
-    ("lifecycle", "label"), [(Lifecycle.CORRECT, "Corrected"), (Lifecycle.CANCEL, "Cancelled")]
-)
+@pytest.mark.parametrize(("lifecycle", "label"), [(Lifecycle.CORRECT, "Corrected"), (Lifecycle.CANCEL, "Cancelled")])
 def test_correction_or_cancellation_without_original_is_a_new_reply_in_the_thread(
     adapter: SlackAdapter, lifecycle: Lifecycle, label: str
 ) -> None:
@@ -235,9 +235,7 @@ def test_long_text_is_cut_to_max_text(adapter: SlackAdapter) -> None:
 
 
 def test_struck_long_summary_stays_within_the_section_limit(adapter: SlackAdapter) -> None:
-    call = adapter.render(
-        _post(lifecycle=Lifecycle.CANCEL, summary="z" * 5000, original_ref="1700000000.000200")
-    )
+    call = adapter.render(_post(lifecycle=Lifecycle.CANCEL, summary="z" * 5000, original_ref="1700000000.000200"))
     section = call.body["blocks"][2]["text"]["text"]
     assert len(section) <= 3000
     assert section.startswith("~") and section.endswith("…~")
@@ -297,9 +295,7 @@ async def test_update_returns_the_original_ts(adapter: SlackAdapter, respx_mock:
     assert (await adapter.send(call)).external_id == "1700000000.000200"
 
 
-async def test_reply_in_a_living_thread_logs_nothing(
-    adapter: SlackAdapter, respx_mock: respx.MockRouter
-) -> None:
+async def test_reply_in_a_living_thread_logs_nothing(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
     respx_mock.post(f"{BASE}/chat.postMessage").respond(
         200,
         json={"ok": True, "ts": "1700000000.000300", "message": {"thread_ts": "1700000000.000100"}},
@@ -322,9 +318,7 @@ async def test_reply_to_a_deleted_parent_is_success_but_logs_thread_lost(
     assert logs[0]["channel"] == "icu-slack"
 
 
-async def test_http_429_is_retryable_after_retry_after(
-    adapter: SlackAdapter, respx_mock: respx.MockRouter
-) -> None:
+async def test_http_429_is_retryable_after_retry_after(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
     respx_mock.post(f"{BASE}/chat.postMessage").respond(
         429, headers={"Retry-After": "7"}, json={"ok": False, "error": "ratelimited"}
     )
@@ -388,9 +382,7 @@ async def test_ok_false_transient_errors_are_retryable(
 async def test_error_code_from_slack_is_not_echoed_unless_it_looks_like_one(
     adapter: SlackAdapter, respx_mock: respx.MockRouter
 ) -> None:
-    respx_mock.post(f"{BASE}/chat.postMessage").respond(
-        200, json={"ok": False, "error": "Testpatient^Alpha MRN0001"}
-    )
+    respx_mock.post(f"{BASE}/chat.postMessage").respond(200, json={"ok": False, "error": "Testpatient^Alpha MRN0001"})
     with pytest.raises(Permanent) as caught:
         await adapter.send(adapter.render(_post()))
     assert "Testpatient" not in str(caught.value)
@@ -409,9 +401,7 @@ async def test_timeout_is_retryable(adapter: SlackAdapter, respx_mock: respx.Moc
         await adapter.send(adapter.render(_post()))
 
 
-async def test_non_json_200_from_a_proxy_is_retryable(
-    adapter: SlackAdapter, respx_mock: respx.MockRouter
-) -> None:
+async def test_non_json_200_from_a_proxy_is_retryable(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
     respx_mock.post(f"{BASE}/chat.postMessage").respond(200, text="<html>proxy</html>")
     with pytest.raises(Retryable):
         await adapter.send(adapter.render(_post()))
@@ -430,6 +420,286 @@ async def test_ok_without_ts_is_success_without_external_id(
 async def test_aclose_leaves_the_shared_client_open(adapter: SlackAdapter, client: httpx.AsyncClient) -> None:
     await adapter.aclose()
     assert not client.is_closed
+
+
+# --- no second post after an ambiguous failure ----------------------------------------------------
+
+THREAD = "1700000000.000100"
+EARLIER = "1700000000.000300"
+OURS = {"event_type": "ehr_bridge_delivery", "event_payload": {"delivery_id": "dlv-0001"}}
+
+
+class Clock:
+    """The adapter's clock, set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _clocked(client: httpx.AsyncClient, clock: Clock) -> SlackAdapter:
+    return SlackAdapter(_config(), AdapterContext(name="icu-slack", http=client, store=None), clock=clock)
+
+
+def _posted(ts: str = "1700000000.000900") -> httpx.Response:
+    return httpx.Response(200, json={"ok": True, "channel": CHANNEL, "ts": ts, "message": {}})
+
+
+def _messages(*messages: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json={"ok": True, "messages": list(messages), "has_more": False})
+
+
+def _slack_error(error: str, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, json={"ok": False, "error": error})
+
+
+def _form(route: respx.Route, index: int = -1) -> dict[str, str]:
+    return dict(parse_qsl(route.calls[index].request.content.decode()))
+
+
+#: First answers after which Slack may have posted the message anyway.
+AMBIGUOUS = [
+    pytest.param(httpx.ReadTimeout("timed out"), id="read-timeout"),
+    pytest.param(httpx.RemoteProtocolError("server disconnected"), id="connection-dropped"),
+    pytest.param(httpx.Response(500, text="internal error"), id="http-500"),
+    pytest.param(httpx.Response(503, text="unavailable"), id="http-503"),
+    pytest.param(_slack_error("internal_error"), id="ok-false-internal-error"),
+    pytest.param(_slack_error("fatal_error"), id="ok-false-fatal-error"),
+    pytest.param(httpx.Response(200, text="<html>proxy</html>"), id="proxy-page"),
+]
+
+#: First answers that are Slack refusing the message: nothing was posted.
+REFUSED = [
+    pytest.param(
+        httpx.Response(429, headers={"Retry-After": "1"}, json={"ok": False, "error": "ratelimited"}), id="429"
+    ),
+    pytest.param(_slack_error("ratelimited"), id="ok-false-ratelimited"),
+    pytest.param(_slack_error("service_unavailable"), id="ok-false-service-unavailable"),
+    pytest.param(_slack_error("request_timeout"), id="ok-false-request-timeout"),
+]
+
+
+@pytest.mark.parametrize(
+    "post",
+    [_post(), _post(thread_ref=THREAD), _post(lifecycle=Lifecycle.CORRECT, thread_ref=THREAD)],
+    ids=["top-level", "reply", "correction-without-original"],
+)
+def test_every_post_message_carries_its_delivery_id_as_message_metadata(adapter: SlackAdapter, post: Post) -> None:
+    call = adapter.render(post)
+    assert call.method == "chat.postMessage"
+    assert call.body["metadata"] == OURS
+
+
+@pytest.mark.parametrize("first", AMBIGUOUS)
+async def test_retry_after_an_ambiguous_failure_returns_the_earlier_post_instead_of_posting_again(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, first: Exception | httpx.Response
+) -> None:
+    adapter = _clocked(client, Clock(1_700_000_000.0))
+    post_route = respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=[first])
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(
+        return_value=_messages(
+            # Newest first, as Slack lists history: a duplicate from before this guard and the original.
+            {"type": "message", "ts": "1700000000.000400", "metadata": OURS},
+            {"type": "message", "ts": "1700000000.000350", "metadata": {"event_type": "other", "event_payload": {}}},
+            {"type": "message", "ts": EARLIER, "metadata": OURS},
+        )
+    )
+    call = adapter.render(_post())
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    with capture_logs() as logs:
+        result = await adapter.send(call)
+    assert result.external_id == EARLIER
+    assert post_route.call_count == 1
+    assert history.call_count == 1
+    assert history.calls.last.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert _form(history) == {
+        "channel": CHANNEL,
+        "limit": "50",
+        "include_all_metadata": "true",
+        "oldest": "1699999700.000000",
+        "latest": "1700000300.000000",
+        "inclusive": "true",
+    }
+    assert [(e["event"], e["delivery_id"], e["ts"]) for e in logs] == [("slack.duplicate_avoided", "dlv-0001", EARLIER)]
+
+
+@pytest.mark.respx(assert_all_called=False)
+@pytest.mark.parametrize("first", REFUSED)
+async def test_retry_after_slack_refused_the_post_posts_without_a_lookup(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter, first: httpx.Response
+) -> None:
+    post_route = respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=[first, _posted()])
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(return_value=_messages())
+    call = adapter.render(_post())
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    assert (await adapter.send(call)).external_id == "1700000000.000900"
+    assert post_route.call_count == 2
+    assert history.call_count == 0
+
+
+@pytest.mark.respx(assert_all_called=False)
+async def test_first_attempt_posts_without_a_lookup(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(f"{BASE}/chat.postMessage").mock(return_value=_posted())
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(return_value=_messages())
+    assert (await adapter.send(adapter.render(_post()))).external_id == "1700000000.000900"
+    assert history.call_count == 0
+
+
+async def test_retry_posts_when_the_lookup_finds_no_earlier_post(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    post_route = respx_mock.post(f"{BASE}/chat.postMessage").mock(
+        side_effect=[httpx.ReadTimeout("timed out"), _posted()]
+    )
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(
+        return_value=_messages(
+            {"type": "message", "ts": "1700000000.000200"},
+            {
+                "type": "message",
+                "ts": "1700000000.000250",
+                "metadata": {"event_type": "ehr_bridge_delivery", "event_payload": {"delivery_id": "dlv-0002"}},
+            },
+        )
+    )
+    call = adapter.render(_post())
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    assert (await adapter.send(call)).external_id == "1700000000.000900"
+    assert post_route.call_count == 2
+    assert history.call_count == 1
+    assert json.loads(post_route.calls.last.request.content) == call.body
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (_slack_error("missing_scope"), "missing_scope"),
+        (_slack_error("not_in_channel"), "not_in_channel"),
+        (httpx.Response(429, headers={"Retry-After": "60"}, json={"ok": False, "error": "ratelimited"}), "http_429"),
+        (httpx.ReadTimeout("timed out"), "ReadTimeout"),
+        (httpx.Response(200, text="<html>proxy</html>"), "not_json"),
+        (_slack_error("Testpatient^Alpha MRN0001"), "unknown"),
+    ],
+    ids=["missing-scope", "not-in-channel", "rate-limited", "timeout", "proxy-page", "content-in-error"],
+)
+async def test_failed_lookup_is_logged_by_code_and_the_post_goes_ahead(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter, answer: Exception | httpx.Response, code: str
+) -> None:
+    post_route = respx_mock.post(f"{BASE}/chat.postMessage").mock(
+        side_effect=[httpx.ReadTimeout("timed out"), _posted()]
+    )
+    respx_mock.post(f"{BASE}/conversations.history").mock(side_effect=[answer])
+    call = adapter.render(_post())
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    with capture_logs() as logs:
+        result = await adapter.send(call)
+    assert result.external_id == "1700000000.000900"
+    assert post_route.call_count == 2
+    assert [(e["event"], e["method"], e["error"], e["channel"]) for e in logs] == [
+        ("slack.dedup_lookup_failed", "conversations.history", code, "icu-slack")
+    ]
+    assert "Testpatient" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("second", "latest"),
+    [(_slack_error("ratelimited", 429), "1000300.000000"), (httpx.Response(500), "2000300.000000")],
+)
+async def test_delivery_stays_unsettled_until_a_lookup_answers(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, second: httpx.Response, latest: str
+) -> None:
+    clock = Clock(1_000_000.0)
+    adapter = _clocked(client, clock)
+    respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=[httpx.ReadTimeout("timed out"), second])
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(
+        side_effect=[_slack_error("missing_scope"), _messages({"type": "message", "ts": EARLIER, "metadata": OURS})]
+    )
+    call = adapter.render(_post())
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    clock.now = 2_000_000.0
+    # The lookup fails, so the post goes ahead; its refusal does not prove the first attempt left nothing.
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    clock.now = 3_000_000.0
+    assert (await adapter.send(call)).external_id == EARLIER
+    assert history.call_count == 2
+    # The window spans every ambiguous attempt, widened by the clock-skew margin.
+    assert (_form(history)["oldest"], _form(history)["latest"]) == ("999700.000000", latest)
+
+
+@pytest.mark.respx(assert_all_called=False)
+async def test_reply_is_looked_up_in_its_thread(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
+    post_route = respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=[httpx.ReadTimeout("timed out")])
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(return_value=_messages())
+    replies = respx_mock.post(f"{BASE}/conversations.replies").mock(
+        return_value=_messages(
+            {"type": "message", "ts": THREAD, "thread_ts": THREAD, "reply_count": 1},
+            {"type": "message", "ts": EARLIER, "thread_ts": THREAD, "metadata": OURS},
+        )
+    )
+    call = adapter.render(_post(thread_ref=THREAD))
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    assert (await adapter.send(call)).external_id == EARLIER
+    assert post_route.call_count == 1
+    assert history.call_count == 0
+    form = _form(replies)
+    assert (form["channel"], form["ts"], form["include_all_metadata"]) == (CHANNEL, THREAD, "true")
+
+
+async def test_reply_whose_thread_is_gone_is_looked_up_in_the_channel_history(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    # slack-go #1571: a reply to a deleted parent was posted top-level, so it is in the history.
+    respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=[httpx.ReadTimeout("timed out")])
+    respx_mock.post(f"{BASE}/conversations.replies").mock(return_value=_slack_error("thread_not_found"))
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(
+        return_value=_messages({"type": "message", "ts": EARLIER, "metadata": OURS})
+    )
+    call = adapter.render(_post(thread_ref=THREAD))
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    assert (await adapter.send(call)).external_id == EARLIER
+    assert "ts" not in _form(history)
+
+
+@pytest.mark.respx(assert_all_called=False)
+async def test_update_after_a_timeout_is_repeated_without_a_lookup(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    update = respx_mock.post(f"{BASE}/chat.update").mock(
+        side_effect=[httpx.ReadTimeout("timed out"), httpx.Response(200, json={"ok": True, "ts": EARLIER})]
+    )
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(return_value=_messages())
+    call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref=EARLIER))
+    with pytest.raises(Retryable):
+        await adapter.send(call)
+    assert (await adapter.send(call)).external_id == EARLIER
+    assert update.call_count == 2
+    assert history.call_count == 0
+
+
+async def test_unsettled_deliveries_are_bounded_and_the_oldest_is_forgotten(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slack_module, "MAX_UNSETTLED", 2)
+    timeout = httpx.ReadTimeout("timed out")
+    respx_mock.post(f"{BASE}/chat.postMessage").mock(side_effect=[timeout, timeout, timeout, _posted(), _posted()])
+    history = respx_mock.post(f"{BASE}/conversations.history").mock(return_value=_messages())
+    calls = [adapter.render(_post(delivery_id=f"dlv-{n}")) for n in range(3)]
+    for call in calls:
+        with pytest.raises(Retryable):
+            await adapter.send(call)
+    await adapter.send(calls[0])
+    assert history.call_count == 0
+    await adapter.send(calls[2])
+    assert history.call_count == 1
 
 
 # --- config and secrets ----------------------------------------------------------------------------
