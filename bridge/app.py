@@ -74,9 +74,11 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = False) -> FastAPI:
             return response
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        """Liveness: the process answers and its store can still write; otherwise restart it."""
+        if runtime.started and not runtime.store.healthy:
+            return JSONResponse({"status": "store writer stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> Response:

@@ -47,6 +47,9 @@ class StoreConfig(_Section):
     backend: Literal["sqlite"] = "sqlite"
     #: Database file; its directory is created on start.
     path: Path = Path("data/bridge.db")
+    #: A delivery in flight longer than this is handed out again (its worker died mid-send); keep it
+    #: above every channel's send timeout, or slow sends are sent twice.
+    lease_seconds: float = Field(300.0, gt=0)
 
 
 class HttpConfig(_Section):

@@ -212,6 +212,9 @@ class Intake:
         )
         result = await self.store.commit_message(entry, routed, dedup_window=self.settings.dedup.window_seconds)
         outcome = "duplicate" if result.duplicate else status.value
+        if result.control_id_reused:
+            # Same sender and control ID, different content: a new message (counter reset), not a resend.
+            log.warning("intake.control_id_reused", listener=raw.listener, control_id=message.control_id)
         metrics.MESSAGES.labels(raw.listener, outcome).inc()
         log.info(
             "intake.accepted",

@@ -64,7 +64,7 @@ class DeliveryStatus(StrEnum):
 
     #: Waiting for its turn (``next_attempt_at``) and for earlier events of its thread.
     PENDING = "pending"
-    #: Claimed by a worker; reclaimed as pending at restart.
+    #: Claimed by a worker; pending again at restart or when its lease runs out unrecorded.
     IN_FLIGHT = "in_flight"
     #: The target accepted it.
     DELIVERED = "delivered"
@@ -101,10 +101,14 @@ class NewDelivery:
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
-    #: True when (MSH-3, MSH-4, MSH-10) was already accepted within the window; nothing was written but the journal row.
+    #: True when (MSH-3, MSH-4, MSH-10) and the body after MSH were already accepted within the window;
+    #: nothing was written but the journal row.
     duplicate: bool
     #: Ids of the delivery rows created.
     delivery_ids: tuple[str, ...] = ()
+    #: The (MSH-3, MSH-4, MSH-10) triple was accepted within the window with a different body: the
+    #: sender reused a control id (its counter reset), so the message was accepted as new.
+    control_id_reused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,11 @@ class DeliveryRow:
 class Store(Protocol):
     """What intake, delivery and the CLI need from a durable store."""
 
+    @property
+    def healthy(self) -> bool:
+        """False once the store can no longer write (its writer died): the process must be restarted."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -152,10 +161,12 @@ class Store(Protocol):
     ) -> CommitResult:
         """Journal ``entry`` with its events and outbox rows in one transaction.
 
-        For an ACCEPTED entry whose (sending app, facility, control id) was
-        accepted within ``dedup_window`` seconds, the entry is journaled as a
-        duplicate and nothing else is written. An event whose dedup key was
-        recorded within the window gets no deliveries.
+        For an ACCEPTED entry whose (sending app, facility, control id) and
+        body after the MSH segment were accepted within ``dedup_window``
+        seconds, the entry is journaled as a duplicate and nothing else is
+        written; the same triple with another body is a new message
+        (``control_id_reused``). An event whose dedup key was recorded within
+        the window gets no deliveries.
         """
         ...
 
@@ -164,10 +175,18 @@ class Store(Protocol):
         ...
 
     async def claim(self, channel: str, *, now: float, limit: int) -> list[ClaimedDelivery]:
-        """Claim due deliveries of ``channel``, only the oldest open one per thread key."""
+        """Claim due deliveries of ``channel``, only the oldest open one per thread key.
+
+        A delivery in flight for longer than the store's lease is pending again
+        first (its outcome was never recorded), so it is sent once more.
+        """
         ...
 
-    async def mark_delivered(self, delivery_id: str, *, external_id: str | None, thread_root: bool) -> None: ...
+    async def mark_delivered(
+        self, delivery_id: str, *, external_id: str | None, thread_root: bool, audit_detail: str | None = None
+    ) -> None:
+        """Record the delivery; with ``audit_detail``, write its "disclosed" audit row in the same transaction."""
+        ...
 
     async def mark_retry(self, delivery_id: str, *, next_attempt_at: float, error: str) -> None: ...
 

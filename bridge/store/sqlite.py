@@ -7,6 +7,12 @@ one commit's fsync is under way the next batch accumulates, so concurrent
 messages share fsyncs (DESIGN.md §5: 6.4k commits/s row by row against 74k
 rows/s in batches). A failing job rolls back to its savepoint alone.
 
+A caller that gives up (its task cancelled) cancels its job if the writer has
+not started it yet, and the job is skipped; once started, the job runs to the
+end and its result is dropped. Whatever goes wrong in a batch fails that
+batch's callers with :class:`StoreError`; the writer itself keeps serving,
+since every later write would otherwise wait forever.
+
 Reads that need no write (the inbox feed, dead letters) use a separate
 connection; WAL lets them run beside the writer.
 """
@@ -15,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import hashlib
 import json
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sized
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,10 +141,33 @@ MIGRATIONS: tuple[str, ...] = (
         value BLOB NOT NULL
     );
     """,
+    # 3: the body digest that tells a resend from a reused control id, and indexes the claim walks in
+    # event order without sorting (queue) and probes per thread by status (thread_open).
+    """
+    ALTER TABLE journal ADD COLUMN body_digest TEXT NOT NULL DEFAULT '';
+    DROP INDEX journal_dedup;
+    CREATE INDEX journal_dedup ON journal
+        (control_id, sending_application, sending_facility, received_at, status, body_digest);
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_queue ON deliveries (channel, status, event_seq);
+    DROP INDEX deliveries_thread;
+    CREATE INDEX deliveries_thread_open ON deliveries (channel, thread_key, status, event_seq);
+    """,
 )
 
 _EVENT_TYPES = frozenset(t.value for t in EventType)
 _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
+
+#: Due deliveries of a channel, only the oldest open one per thread key (DESIGN.md §2.4; a dead
+#: delivery is not open, so it blocks nothing). Walks deliveries_queue in event order and stops at
+#: the LIMIT: no sort of the whole backlog, no event bodies read.
+_CLAIM_SQL = (
+    "SELECT d.id, d.event_id, d.attempts, d.thread_key, d.event_seq FROM deliveries d"
+    " WHERE d.channel = ? AND d.status = ? AND d.next_attempt_at <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.channel = d.channel"
+    "   AND p.thread_key = d.thread_key AND p.status IN (?, ?) AND p.event_seq < d.event_seq)"
+    " ORDER BY d.event_seq LIMIT ?"
+)
 
 
 @dataclass(slots=True)
@@ -190,7 +221,10 @@ class _Writer(threading.Thread):
                     stopping = True
                     break
                 batch.append(job)
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(conn, batch)
+            except BaseException as exc:  # boundary: the writer must outlive any batch, or every later write hangs
+                self._fail_batch(conn, batch, exc)
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
@@ -198,6 +232,10 @@ class _Writer(threading.Thread):
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
+                # False: the caller was cancelled while the job waited; nobody awaits it, so it must not run.
+                # True: from now on a cancellation cannot touch the future, so resolving it below is safe.
+                if not job.future.set_running_or_notify_cancel():
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(conn)
@@ -221,14 +259,37 @@ class _Writer(threading.Thread):
             log.error("store.commit_failed", error=type(exc).__name__, jobs=len(batch))
             failure = StoreError(f"commit failed: {exc}")
             for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(failure)
+                _settle(job.future, None, failure)
             return
         for job, result, error in outcomes:
-            if error is None:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(error)
+            _settle(job.future, result, error)
+
+    def _fail_batch(self, conn: sqlite3.Connection, batch: list[_Job], exc: BaseException) -> None:
+        log.error("store.batch_failed", error=type(exc).__name__, jobs=len(batch))
+        if conn.in_transaction:
+            # The connection may be what failed; the batch is lost either way and its callers are told so.
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+        failure = StoreError(f"write failed: {type(exc).__name__}")
+        failure.__cause__ = exc
+        for job in batch:
+            _settle(job.future, None, failure)
+
+
+def _settle(future: concurrent.futures.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Resolve a job's future unless it is already done.
+
+    A job the writer has not started yet may be cancelled by its caller at any
+    moment (``asyncio.wrap_future`` passes the cancellation on), so between the
+    check and the set the future can still turn done: that race is ignored too.
+    """
+    if future.done():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -241,10 +302,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 class SQLiteStore:
-    """The embedded store. ``path`` may be ``:memory:``-free only: WAL needs a file."""
+    """The embedded store. ``path`` may be ``:memory:``-free only: WAL needs a file.
 
-    def __init__(self, path: Path | str) -> None:
+    ``lease_seconds`` bounds how long a claimed delivery may stay in flight
+    without an outcome recorded (the worker's store write failed); after that
+    the next claim of its channel hands it out again.
+    """
+
+    def __init__(self, path: Path | str, *, lease_seconds: float = 300.0) -> None:
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
         self.path = Path(path)
+        self.lease_seconds = lease_seconds
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
@@ -276,9 +345,16 @@ class SQLiteStore:
         """Transactions committed so far (group commit makes this lower than the writes)."""
         return self._writer.commits if self._writer else 0
 
+    @property
+    def healthy(self) -> bool:
+        """The writer thread runs: every write goes through it (``/healthz``)."""
+        return self._writer is not None and self._writer.is_alive()
+
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             raise StoreError("store is not open")
+        if not self._writer.is_alive():
+            raise StoreError("store writer is not running")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._writer.jobs.put(_Job(fn, future))
         return await asyncio.wrap_future(future)
@@ -308,7 +384,8 @@ class SQLiteStore:
     # -- intake ----------------------------------------------------------------------------
 
     async def journal(self, entry: JournalEntry) -> None:
-        await self._write(lambda c: _insert_journal(c, entry))
+        digest = _body_digest(entry.raw)
+        await self._write(lambda c: _insert_journal(c, entry, digest))
 
     async def commit_message(
         self,
@@ -317,25 +394,35 @@ class SQLiteStore:
         *,
         dedup_window: float,
     ) -> CommitResult:
+        # Hashed here, not on the writer thread: the writer is the one serial stage of every commit.
+        digest = _body_digest(entry.raw)
+
         def run(conn: sqlite3.Connection) -> CommitResult:
             since = entry.received_at - dedup_window
+            reused = False
             if dedup_window > 0 and entry.control_id and entry.status is not MessageStatus.REJECTED:
+                # A resend carries the same body (MSH-7 may be fresh); a sender whose counter reset
+                # reuses the triple for another body. '' is a row journaled before digests: the
+                # triple alone decides, as it did then.
                 seen = conn.execute(
-                    "SELECT 1 FROM journal WHERE control_id=? AND sending_application=? AND sending_facility=?"
-                    " AND status IN (?, ?) AND received_at >= ? LIMIT 1",
+                    "SELECT body_digest IN ('', ?) FROM journal"
+                    " WHERE control_id=? AND sending_application=? AND sending_facility=?"
+                    " AND received_at >= ? AND status IN (?, ?) ORDER BY 1 DESC LIMIT 1",
                     (
+                        digest,
                         entry.control_id,
                         entry.sending_application,
                         entry.sending_facility,
+                        since,
                         MessageStatus.ACCEPTED.value,
                         MessageStatus.UNMAPPED.value,
-                        since,
                     ),
                 ).fetchone()
-                if seen:
-                    _insert_journal(conn, _with_status(entry, MessageStatus.DUPLICATE))
+                if seen and seen[0]:
+                    _insert_journal(conn, replace(entry, status=MessageStatus.DUPLICATE), digest)
                     return CommitResult(duplicate=True)
-            _insert_journal(conn, entry)
+                reused = seen is not None
+            _insert_journal(conn, entry, digest)
             disabled = dict(conn.execute("SELECT channel, reason FROM channel_state").fetchall())
             created: list[str] = []
             for event, deliveries in events:
@@ -390,50 +477,72 @@ class SQLiteStore:
                         ),
                     )
                     created.append(delivery_id)
-            return CommitResult(duplicate=False, delivery_ids=tuple(created))
+            return CommitResult(duplicate=False, delivery_ids=tuple(created), control_id_reused=reused)
 
         return await self._write(run)
 
     # -- delivery --------------------------------------------------------------------------
 
     async def claim(self, channel: str, *, now: float, limit: int) -> list[ClaimedDelivery]:
+        lease_expired = now - self.lease_seconds
+
         def run(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
-            # Only the oldest open delivery of each thread key may go: order within a thread
-            # (DESIGN.md §2.4). A dead delivery is not open, so it blocks nothing.
-            rows = conn.execute(
-                "SELECT d.id, d.attempts, d.thread_key, d.event_seq, e.body FROM deliveries d"
-                " JOIN events e ON e.id = d.event_id"
-                " WHERE d.channel = ? AND d.status = ? AND d.next_attempt_at <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.channel = d.channel"
-                "   AND p.thread_key = d.thread_key AND p.event_seq < d.event_seq AND p.status IN (?, ?))"
-                " ORDER BY d.event_seq LIMIT ?",
-                (channel, DeliveryStatus.PENDING.value, now, *_OPEN, limit),
+            # A send whose outcome could not be recorded stays in flight and blocks its thread; past
+            # the lease it goes again (at least once: the adapter's idempotency key is the delivery id).
+            expired = conn.execute(
+                "UPDATE deliveries SET status=?, updated_at=? WHERE channel=? AND status=? AND updated_at < ?",
+                (DeliveryStatus.PENDING.value, now, channel, DeliveryStatus.IN_FLIGHT.value, lease_expired),
+            ).rowcount
+            if expired:
+                log.warning("store.lease_expired", channel=channel, deliveries=expired)
+            rows: list[tuple[str, str, int, str, int]] = conn.execute(
+                _CLAIM_SQL, (channel, DeliveryStatus.PENDING.value, now, *_OPEN, limit)
             ).fetchall()
-            claimed: list[ClaimedDelivery] = []
-            for delivery_id, attempts, thread_key, seq, body in rows:
+            if not rows:
+                return []
+            # Bodies and thread roots only for the rows taken: joining before the LIMIT read every due body.
+            event_ids = [r[1] for r in rows]
+            bodies: dict[str, str] = dict(
+                conn.execute(f"SELECT id, body FROM events WHERE id IN ({_marks(event_ids)})", event_ids).fetchall()
+            )
+            thread_keys = sorted({r[3] for r in rows})
+            roots: dict[str, str] = dict(
                 conn.execute(
-                    "UPDATE deliveries SET status=?, attempts=attempts+1, updated_at=? WHERE id=?",
-                    (DeliveryStatus.IN_FLIGHT.value, now, delivery_id),
-                )
-                event = ClinicalEvent.model_validate_json(body)
-                thread = conn.execute(
-                    "SELECT external_id FROM threads WHERE thread_key=? AND channel=?", (thread_key, channel)
-                ).fetchone()
+                    "SELECT thread_key, external_id FROM threads"
+                    f" WHERE channel=? AND thread_key IN ({_marks(thread_keys)})",
+                    (channel, *thread_keys),
+                ).fetchall()
+            )
+            claimed: list[ClaimedDelivery] = []
+            for delivery_id, event_id, attempts, thread_key, seq in rows:
+                try:
+                    event = ClinicalEvent.model_validate_json(bodies[event_id])
+                except Exception as exc:  # boundary: one bad row must not stop the channel's other deliveries
+                    _kill_undecodable(conn, channel, delivery_id, event_id, type(exc).__name__, now)
+                    continue
                 claimed.append(
                     ClaimedDelivery(
                         id=delivery_id,
                         channel=channel,
                         attempts=attempts + 1,
                         event=event,
-                        thread_ref=thread[0] if thread else None,
+                        thread_ref=roots.get(thread_key),
                         original_ref=_original_ref(conn, channel, event, seq),
                     )
+                )
+            if claimed:
+                conn.execute(
+                    "UPDATE deliveries SET status=?, attempts=attempts+1, updated_at=?"
+                    f" WHERE id IN ({_marks(claimed)})",
+                    (DeliveryStatus.IN_FLIGHT.value, now, *(c.id for c in claimed)),
                 )
             return claimed
 
         return await self._write(run)
 
-    async def mark_delivered(self, delivery_id: str, *, external_id: str | None, thread_root: bool) -> None:
+    async def mark_delivered(
+        self, delivery_id: str, *, external_id: str | None, thread_root: bool, audit_detail: str | None = None
+    ) -> None:
         def run(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.execute(
@@ -445,6 +554,14 @@ class SQLiteStore:
                     "INSERT OR IGNORE INTO threads (thread_key, channel, external_id, created_at)"
                     " SELECT thread_key, channel, ?, ? FROM deliveries WHERE id=?",
                     (external_id, now, delivery_id),
+                )
+            if audit_detail is not None:
+                # In the outcome's transaction: one commit per delivery instead of two, and the
+                # delivered mark never lands without its disclosure record.
+                conn.execute(
+                    "INSERT INTO audit (at, action, channel, event_id, detail)"
+                    " SELECT ?, ?, channel, event_id, ? FROM deliveries WHERE id=?",
+                    (now, "disclosed", audit_detail, delivery_id),
                 )
 
         await self._write(run)
@@ -571,16 +688,23 @@ class SQLiteStore:
         return await self._read(lambda c: c.execute(sql, args).fetchall())
 
 
-def _with_status(entry: JournalEntry, status: MessageStatus) -> JournalEntry:
-    from dataclasses import replace
+def _body_digest(raw: bytes) -> str:
+    """SHA-256 (hex) of the message after its MSH segment, segment terminators normalised to CR.
 
-    return replace(entry, status=status)
+    MSH is left out because a resend may carry a fresh MSH-7; the first segment
+    ends at the first CR or LF. Terminators are normalised because the same
+    message resent over another transport may come with LF or CRLF.
+    """
+    end = min((i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0), default=len(raw))
+    body = raw[end:].replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
+    return hashlib.sha256(body).hexdigest()
 
 
-def _insert_journal(conn: sqlite3.Connection, e: JournalEntry) -> None:
+def _insert_journal(conn: sqlite3.Connection, e: JournalEntry, digest: str) -> None:
     conn.execute(
         "INSERT INTO journal (id, received_at, listener, transport, peer, control_id, sending_application,"
-        " sending_facility, message_type, status, ack_code, error, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " sending_facility, message_type, status, ack_code, error, raw, body_digest)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             e.id,
             e.received_at,
@@ -595,8 +719,30 @@ def _insert_journal(conn: sqlite3.Connection, e: JournalEntry) -> None:
             e.ack_code,
             e.error,
             e.raw,
+            digest,
         ),
     )
+
+
+def _marks(values: Sized) -> str:
+    """Placeholders for ``IN (...)`` with one parameter per value."""
+    return ",".join("?" * len(values))
+
+
+def _kill_undecodable(
+    conn: sqlite3.Connection, channel: str, delivery_id: str, event_id: str, error_type: str, now: float
+) -> None:
+    """Dead-letter a delivery whose stored event no longer validates (a schema change, a damaged row).
+
+    The message names the exception type only: validation errors quote the input, which is PHI.
+    """
+    error = f"undecodable event body ({error_type})"
+    conn.execute(
+        "UPDATE deliveries SET status=?, last_error=?, updated_at=? WHERE id=?",
+        (DeliveryStatus.DEAD.value, error, now, delivery_id),
+    )
+    _insert_audit(conn, "delivery.dead", channel=channel, event_id=event_id, detail=error)
+    log.error("store.event_undecodable", channel=channel, delivery_id=delivery_id, error=error_type)
 
 
 def _insert_audit(
@@ -611,8 +757,10 @@ def _insert_audit(
 def _original_ref(conn: sqlite3.Connection, channel: str, event: ClinicalEvent, seq: int) -> str | None:
     """The external id of the post a correction or cancellation refers to, in this channel.
 
-    ``links.corrects`` names a subject key; ``links.cancels`` names either an event type
-    (A11 cancels ``encounter.admitted`` of the thread) or a subject key (a withdrawn result).
+    ``links.corrects`` names a subject key; ``links.cancels`` names either event types,
+    comma-separated (A11 cancels ``encounter.admitted`` or ``encounter.registered`` of the
+    thread, whichever was posted), or a subject key (a withdrawn result). A value that is
+    not made of event types only is a subject key, commas and all.
     """
     if event.lifecycle is Lifecycle.CORRECT:
         target = event.links.get("corrects")
@@ -622,15 +770,17 @@ def _original_ref(conn: sqlite3.Connection, channel: str, event: ClinicalEvent, 
         return None
     if not target:
         return None
+    # d.thread_key is the event's thread key, copied at commit: it keeps the walk on deliveries_thread_open.
     base = (
         "SELECT d.external_id FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.channel=? AND e.thread_key=? AND d.status=? AND d.external_id IS NOT NULL AND d.event_seq < ?"
+        " WHERE d.channel=? AND d.thread_key=? AND d.status=? AND d.event_seq < ? AND d.external_id IS NOT NULL"
     )
     args: list[Any] = [channel, event.thread_key, DeliveryStatus.DELIVERED.value, seq]
-    if target in _EVENT_TYPES:
-        # The latest post of that type: a re-admission after an A11 is struck, not the first one.
-        sql = base + " AND e.type=?"
-        args.append(target)
+    types = [t.strip() for t in target.split(",")]
+    if all(t in _EVENT_TYPES for t in types):
+        # The latest post of those types: a re-admission after an A11 is struck, not the first one.
+        sql = f"{base} AND e.type IN ({_marks(types)})"
+        args.extend(types)
         if event.subject is not None and event.subject.key and event.subject.kind != "encounter":
             sql += " AND e.subject_key=?"
             args.append(event.subject.key)

@@ -203,3 +203,13 @@ async def test_ack_encoding_is_the_inbound_charset(tmp_path: Path, store: GatedS
     receipt = await intake_for(settings(tmp_path), store).accept(RawMessage("default", latin, "mllp"))
     assert receipt.code is AckCode.AA
     assert receipt.encoding in ("iso8859-1", "iso-8859-1", "latin-1", "latin_1")
+
+
+async def test_reused_control_id_with_other_content_is_a_new_message(tmp_path: Path, store: GatedStore) -> None:
+    intake = intake_for(settings(tmp_path), store)
+    await intake.accept(RawMessage("default", adt("R1"), "mllp"))
+    other = adt("R1").replace(b"Testpatient^Alpha", b"Testpatient^Beta").replace(b"|V1\r", b"|V2\r")
+    receipt = await intake.accept(RawMessage("default", other, "mllp"))
+    assert receipt.code is AckCode.AA
+    assert await store.query("SELECT status FROM journal ORDER BY received_at") == [("accepted",), ("accepted",)]
+    assert await store.query("SELECT count(*) FROM events") == [(2,)]

@@ -106,3 +106,20 @@ def test_docker_config_requires_the_admin_token() -> None:
     assert err.value.path == "http.admin_token"
     settings = load_config(docker, env={"EHR_BRIDGE_ADMIN_TOKEN": "x" * 32})
     assert settings.http.host == "0.0.0.0" and "x" * 32 not in repr(settings)
+
+
+async def test_healthz_fails_when_the_store_writer_is_gone(tmp_path: Path) -> None:
+    runtime = settings(tmp_path)
+    app = create_app(runtime)
+    await runtime.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            writer = runtime.store._writer
+            assert writer is not None
+            writer.jobs.put(None)  # the writer thread ends, as if it had died
+            writer.join(5)
+            assert (await client.get("/healthz")).status_code == 503
+    finally:
+        runtime.store._writer = None  # already stopped
+        await runtime.stop()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,35 @@ async def on_writer(store: SQLiteStore, fn: Callable[[sqlite3.Connection], Any])
     # The writer's own connection is the one whose settings make commits durable; there is
     # no public way to reach it, so these tests use the private job queue on purpose.
     return await store._write(fn)
+
+
+async def unhung(awaitable: Awaitable[Any]) -> Any:
+    """Await a store call that a dead writer would leave hanging forever; a hang fails the test instead."""
+    return await asyncio.wait_for(awaitable, timeout=5.0)
+
+
+@contextlib.asynccontextmanager
+async def writer_held(store: SQLiteStore) -> AsyncIterator[None]:
+    """Keep the writer inside one job, so that writes queued meanwhile wait and land in one batch."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> None:
+        started.set()
+        gate.wait(5.0)
+
+    blocker = asyncio.ensure_future(on_writer(store, hold))
+    assert await asyncio.to_thread(started.wait, 5.0)
+    try:
+        yield
+    finally:
+        gate.set()
+        await unhung(blocker)
+
+
+def hl7(msh7: str, *segments: str, terminator: str = "\r") -> bytes:
+    """A message from APP/HOSP with control id C1 whose MSH-7 and body vary."""
+    msh = f"MSH|^~\\&|APP|HOSP|||{msh7}||ORU^R01|C1|P|2.5"
+    return terminator.join((msh, *segments)).encode() + terminator.encode()
 
 
 async def deliver_in_order(store: SQLiteStore, external_ids: list[str], channel: str = "chan") -> None:
@@ -137,6 +167,117 @@ async def test_store_that_is_not_open_raises_store_error(db_path: Path, make_ent
         await closed.inbox_items()
 
 
+async def test_store_is_healthy_only_while_its_writer_runs(db_path: Path) -> None:
+    s = SQLiteStore(db_path)
+    assert not s.healthy
+    await s.open()
+    assert s.healthy
+    await s.close()
+    assert not s.healthy
+
+
+@pytest.mark.parametrize("lease_seconds", [0.0, -1.0])
+async def test_lease_must_be_positive(db_path: Path, lease_seconds: float) -> None:
+    with pytest.raises(ValueError, match="lease_seconds"):
+        SQLiteStore(db_path, lease_seconds=lease_seconds)
+
+
+async def test_digest_migration_keeps_rows_from_before_it_with_an_empty_digest(
+    db_path: Path, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    conn = sqlite3.connect(db_path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    conn.execute(
+        "INSERT INTO journal (id, received_at, listener, transport, control_id, sending_application,"
+        " sending_facility, status, raw) VALUES ('old', ?, 'test', 'mllp', 'C1', 'APP', 'HOSP', 'accepted', ?)",
+        (time.time(), hl7("20250101", "OBX|1||K^4.1")),
+    )
+    conn.commit()
+    conn.close()
+    upgraded = SQLiteStore(db_path)
+    await upgraded.open()
+    try:
+        # The old row's body is unknown: the triple alone decides, as it did when the row was written.
+        result = await upgraded.commit_message(
+            make_entry(control_id="C1", sending_application="APP", sending_facility="HOSP", raw=hl7("1", "X|2")),
+            routed(make_event()),
+            dedup_window=DAY,
+        )
+        assert result == CommitResult(duplicate=True)
+        assert await upgraded.query("SELECT body_digest FROM journal WHERE id='old'") == [("",)]
+    finally:
+        await upgraded.close()
+
+
+# -- the writer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cancelled", "written"),
+    [
+        # Cancelled before the writer reached it: skipped, and the writer goes on.
+        pytest.param("queued", {"running"}, id="queued-job"),
+        # Cancelled while running: it completes (nobody gets its result), and the writer goes on.
+        pytest.param("running", {"running", "queued"}, id="running-job"),
+    ],
+)
+async def test_cancelled_caller_does_not_stop_the_writer(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, cancelled: str, written: set[str]
+) -> None:
+    # Regression: resolving the future of a cancelled caller raised InvalidStateError in the writer
+    # thread, which died; every later write then waited forever.
+    started, gate = threading.Event(), threading.Event()
+
+    def mark(conn: sqlite3.Connection, key: str) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, x'00')", (key,))
+
+    def running(conn: sqlite3.Connection) -> None:
+        started.set()
+        gate.wait(5.0)
+        mark(conn, "running")
+
+    jobs = {"running": asyncio.ensure_future(on_writer(store, running))}
+    assert await asyncio.to_thread(started.wait, 5.0)
+    jobs["queued"] = asyncio.ensure_future(on_writer(store, lambda c: mark(c, "queued")))
+    await asyncio.sleep(0)  # the second job is queued behind the running one
+    jobs[cancelled].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await jobs[cancelled]
+    gate.set()
+    await unhung(asyncio.gather(*(job for name, job in jobs.items() if name != cancelled)))
+
+    later = await unhung(store.commit_message(make_entry(), routed(make_event()), dedup_window=DAY))
+
+    assert len(later.delivery_ids) == 1
+    assert store.healthy
+    assert {r[0] for r in await store.query("SELECT key FROM meta WHERE key IN ('running', 'queued')")} == written
+
+
+class _Escapes(BaseException):
+    """Not an ``Exception``: gets past the per-job handler, as nothing ordinary does."""
+
+
+async def test_batch_that_fails_unexpectedly_fails_its_callers_and_the_writer_goes_on(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    def escape(_conn: sqlite3.Connection) -> None:
+        raise _Escapes
+
+    async with writer_held(store):
+        neighbour = asyncio.ensure_future(store.commit_message(make_entry(), routed(make_event()), dedup_window=DAY))
+        bad = asyncio.ensure_future(on_writer(store, escape))
+        await asyncio.sleep(0)  # both queue up behind the held job: one batch
+
+    results = await unhung(asyncio.gather(neighbour, bad, return_exceptions=True))
+
+    assert [type(r) for r in results] == [StoreError, StoreError]
+    assert await count(store, "journal") == 0  # the whole batch was rolled back
+    later = await unhung(store.commit_message(make_entry(), routed(make_event()), dedup_window=DAY))
+    assert len(later.delivery_ids) == 1
+    assert store.healthy
+
+
 # -- commit_message -----------------------------------------------------------------------
 
 
@@ -159,9 +300,7 @@ async def test_commit_writes_journal_events_and_deliveries_together(
     assert sorted(await store.query("SELECT id, message_id, status FROM events")) == sorted(
         [(routed_event.id, entry.id, "routed"), (unrouted_event.id, entry.id, "unrouted")]
     )
-    deliveries = await store.query(
-        "SELECT id, event_id, channel, status, attempts FROM deliveries ORDER BY channel"
-    )
+    deliveries = await store.query("SELECT id, event_id, channel, status, attempts FROM deliveries ORDER BY channel")
     assert [(d[1], d[2], d[3], d[4]) for d in deliveries] == [
         (routed_event.id, "a", "pending", 0),
         (routed_event.id, "b", "pending", 0),
@@ -188,15 +327,9 @@ async def test_failing_job_in_a_batch_does_not_undo_the_others(
 
     good = [(make_entry(), make_event()) for _ in range(10)]
     clash = make_entry()
-    tasks = [
-        asyncio.ensure_future(store.commit_message(e, routed(ev), dedup_window=DAY)) for e, ev in good[:5]
-    ]
-    tasks.append(
-        asyncio.ensure_future(store.commit_message(clash, routed(make_event(id=taken.id)), dedup_window=DAY))
-    )
-    tasks += [
-        asyncio.ensure_future(store.commit_message(e, routed(ev), dedup_window=DAY)) for e, ev in good[5:]
-    ]
+    tasks = [asyncio.ensure_future(store.commit_message(e, routed(ev), dedup_window=DAY)) for e, ev in good[:5]]
+    tasks.append(asyncio.ensure_future(store.commit_message(clash, routed(make_event(id=taken.id)), dedup_window=DAY)))
+    tasks += [asyncio.ensure_future(store.commit_message(e, routed(ev), dedup_window=DAY)) for e, ev in good[5:]]
     await asyncio.sleep(0)  # every task runs up to its queued job
     gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -251,9 +384,7 @@ async def test_message_differing_in_one_of_msh3_msh4_msh10_is_not_a_duplicate(
     key = {"control_id": "C1", "sending_application": "APP", "sending_facility": "FAC"}
     await store.commit_message(make_entry(**key), routed(make_event()), dedup_window=DAY)
 
-    result = await store.commit_message(
-        make_entry(**{**key, differs: "OTHER"}), routed(make_event()), dedup_window=DAY
-    )
+    result = await store.commit_message(make_entry(**{**key, differs: "OTHER"}), routed(make_event()), dedup_window=DAY)
 
     assert not result.duplicate
     assert len(result.delivery_ids) == 1
@@ -292,6 +423,65 @@ async def test_resend_after_a_rejection_is_not_a_duplicate(
 
     assert not result.duplicate
     assert len(result.delivery_ids) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "duplicate", "reused"),
+    [
+        pytest.param(
+            hl7("20250101120000", "OBX|1||K^4.1"),
+            hl7("20250101120500", "OBX|1||K^4.1"),
+            True,
+            False,
+            id="resend-with-fresh-msh7",
+        ),
+        pytest.param(
+            hl7("20250101120000", "OBX|1||K^4.1"),
+            hl7("20250101120000", "OBX|1||K^4.1", terminator="\r\n"),
+            True,
+            False,
+            id="resend-with-crlf-terminators",
+        ),
+        pytest.param(
+            hl7("20250101120000", "OBX|1||K^4.1"),
+            hl7("20250101120000", "OBX|1||K^5.9"),
+            False,
+            True,
+            id="reused-control-id-other-body",
+        ),
+    ],
+)
+async def test_duplicate_needs_the_same_body_after_msh_as_well_as_the_same_control_id(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    first: bytes,
+    again: bytes,
+    duplicate: bool,
+    reused: bool,
+) -> None:
+    # Regression: a sender whose counter reset reused a control id and its new message was dropped.
+    key = {"control_id": "C1", "sending_application": "APP", "sending_facility": "HOSP"}
+    await store.commit_message(make_entry(**key, raw=first), routed(make_event()), dedup_window=DAY)
+
+    result = await store.commit_message(make_entry(**key, raw=again), routed(make_event()), dedup_window=DAY)
+
+    assert (result.duplicate, result.control_id_reused) == (duplicate, reused)
+    assert len(result.delivery_ids) == (0 if duplicate else 1)
+
+
+async def test_resend_of_a_message_that_reused_a_control_id_is_a_duplicate(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    key = {"control_id": "C1", "sending_application": "APP", "sending_facility": "HOSP"}
+    await store.commit_message(make_entry(**key, raw=hl7("1", "OBX|1||K^4.1")), routed(make_event()), dedup_window=DAY)
+    second = hl7("2", "OBX|1||K^5.9")
+    await store.commit_message(make_entry(**key, raw=second), routed(make_event()), dedup_window=DAY)
+
+    result = await store.commit_message(make_entry(**key, raw=second), routed(make_event()), dedup_window=DAY)
+
+    assert result == CommitResult(duplicate=True)
+    assert await count(store, "deliveries") == 2
 
 
 async def test_same_event_dedup_key_within_window_is_duplicate_without_deliveries(
@@ -425,6 +615,57 @@ async def test_retry_does_not_revive_a_delivery_killed_by_disabling_its_channel(
     assert await claim(store) == []
 
 
+async def test_claim_walks_the_queue_in_event_order_without_sorting_the_backlog(store: SQLiteStore) -> None:
+    plan = await store.query(
+        f"EXPLAIN QUERY PLAN {sqlite_module._CLAIM_SQL}", ("chan", "pending", 0.0, "pending", "in_flight", 10)
+    )
+    details = [str(row[3]) for row in plan]
+
+    assert any("deliveries_queue" in d for d in details)
+    assert not any("TEMP B-TREE" in d for d in details)
+
+
+async def test_delivery_in_flight_past_its_lease_is_claimed_again(
+    db_path: Path, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    # Regression: a send whose outcome could not be recorded stayed in flight, its thread blocked, until restart.
+    leased = SQLiteStore(db_path, lease_seconds=60.0)
+    await leased.open()
+    try:
+        await leased.commit_message(
+            make_entry(), routed(make_event(), make_event(), channels=("chan", "other")), dedup_window=DAY
+        )
+        (head,) = await claim(leased)
+        (other,) = await claim(leased, "other")
+        assert await claim(leased, later=30) == []  # within the lease: still in flight, the thread waits
+
+        (again,) = await claim(leased, later=120)
+
+        assert (again.id, again.attempts) == (head.id, 2)
+        assert await state(leased, head.id) == ("in_flight", 2)
+        assert await state(leased, other.id) == ("in_flight", 1)  # another channel's lease is its own claim's
+    finally:
+        await leased.close()
+
+
+@pytest.mark.parametrize("body", ['{"id": "evt-0001"}', "not json at all"])
+async def test_undecodable_event_body_is_dead_lettered_and_the_others_are_claimed(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, body: str
+) -> None:
+    # Regression: one bad body made every claim of its channel fail, forever.
+    broken, fine, behind = make_event(thread_key="A"), make_event(thread_key="B"), make_event(thread_key="A")
+    await store.commit_message(make_entry(), routed(broken, fine, behind), dedup_window=DAY)
+    await on_writer(store, lambda c: c.execute("UPDATE events SET body=? WHERE id=?", (body, broken.id)))
+
+    assert [c.event.id for c in await claim(store)] == [fine.id]
+
+    assert await store.query("SELECT status, last_error FROM deliveries WHERE event_id=?", (broken.id,)) == [
+        ("dead", "undecodable event body (ValidationError)")
+    ]
+    assert await store.query("SELECT action, channel, event_id FROM audit") == [("delivery.dead", "chan", broken.id)]
+    assert [c.event.id for c in await claim(store)] == [behind.id]  # a dead head blocks nothing
+
+
 # -- threads and original posts -----------------------------------------------------------
 
 
@@ -474,9 +715,7 @@ async def test_correction_finds_the_first_delivered_post_of_its_subject(
         dedup_window=DAY,
     )
     await deliver_in_order(store, ["ts-other", "ts-prelim", "ts-final"])
-    correction = result(
-        EventType.RESULT_CORRECTED, "ORD-1", lifecycle=Lifecycle.CORRECT, links={"corrects": "ORD-1"}
-    )
+    correction = result(EventType.RESULT_CORRECTED, "ORD-1", lifecycle=Lifecycle.CORRECT, links={"corrects": "ORD-1"})
     await store.commit_message(make_entry(), routed(correction), dedup_window=DAY)
 
     (claimed,) = await claim(store)
@@ -514,6 +753,55 @@ async def test_cancellation_finds_the_delivered_post_of_the_cancelled_type_in_it
     assert claimed.original_ref == "ts-admit"
 
 
+@pytest.mark.parametrize("posted", [EventType.ENCOUNTER_ADMITTED, EventType.ENCOUNTER_REGISTERED])
+async def test_cancellation_naming_several_event_types_finds_whichever_was_posted(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, posted: EventType
+) -> None:
+    # Regression: "encounter.admitted,encounter.registered" (an A11) was taken for one subject key.
+    await store.commit_message(
+        make_entry(),
+        routed(make_event(type=posted), make_event(type=EventType.ENCOUNTER_TRANSFERRED)),
+        dedup_window=DAY,
+    )
+    await deliver_in_order(store, ["ts-original", "ts-transfer"])
+    cancel = make_event(
+        type=EventType.ADMISSION_CANCELLED,
+        lifecycle=Lifecycle.CANCEL,
+        links={"cancels": "encounter.admitted,encounter.registered"},
+    )
+    await store.commit_message(make_entry(), routed(cancel), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert claimed.original_ref == "ts-original"
+
+
+async def test_cancel_target_not_made_only_of_event_types_is_a_subject_key(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    key = "ORD-1,encounter.admitted"
+    await store.commit_message(
+        make_entry(),
+        routed(
+            make_event(type=EventType.ENCOUNTER_ADMITTED),
+            make_event(type=EventType.ORDER_PLACED, subject=Subject(kind="order", key=key)),
+        ),
+        dedup_window=DAY,
+    )
+    await deliver_in_order(store, ["ts-admit", "ts-order"])
+    cancel = make_event(
+        type=EventType.ORDER_CANCELLED,
+        subject=Subject(kind="order", key=key),
+        lifecycle=Lifecycle.CANCEL,
+        links={"cancels": key},
+    )
+    await store.commit_message(make_entry(), routed(cancel), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert claimed.original_ref == "ts-order"
+
+
 @pytest.mark.parametrize(
     ("lifecycle", "links"),
     [
@@ -528,18 +816,32 @@ async def test_no_original_ref_when_the_original_was_never_delivered(
     lifecycle: Lifecycle,
     links: dict[str, str],
 ) -> None:
-    await store.commit_message(
-        make_entry(), routed(make_event(type=EventType.ENCOUNTER_ADMITTED)), dedup_window=DAY
-    )
+    await store.commit_message(make_entry(), routed(make_event(type=EventType.ENCOUNTER_ADMITTED)), dedup_window=DAY)
     (original,) = await claim(store)
     await store.mark_dead(original.id, error="gone")
-    await store.commit_message(
-        make_entry(), routed(make_event(lifecycle=lifecycle, links=links)), dedup_window=DAY
-    )
+    await store.commit_message(make_entry(), routed(make_event(lifecycle=lifecycle, links=links)), dedup_window=DAY)
 
     (claimed,) = await claim(store)
 
     assert claimed.original_ref is None
+
+
+@pytest.mark.parametrize(
+    ("audit_detail", "audited"),
+    [pytest.param("phi=minimal", True, id="with-detail"), pytest.param(None, False, id="without")],
+)
+async def test_mark_delivered_writes_the_disclosure_audit_row_when_given_its_detail(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, audit_detail: str | None, audited: bool
+) -> None:
+    event = make_event()
+    await store.commit_message(make_entry(), routed(event), dedup_window=DAY)
+    (claimed,) = await claim(store)
+
+    await store.mark_delivered(claimed.id, external_id="ts-1", thread_root=False, audit_detail=audit_detail)
+
+    assert await state(store, claimed.id) == ("delivered", 1)
+    expected = [("disclosed", "chan", event.id, audit_detail)] if audited else []
+    assert await store.query("SELECT action, channel, event_id, detail FROM audit") == expected
 
 
 # -- disabled channels and dead letters ---------------------------------------------------
@@ -556,9 +858,7 @@ async def test_disable_channel_kills_open_deliveries_and_new_ones(
     await claim(store, "bad", limit=1)  # one in flight, one pending: both are open
 
     assert await store.disable_channel("bad", reason="invalid_auth") == 2
-    later = await store.commit_message(
-        make_entry(), routed(make_event(), channels=("bad", "good")), dedup_window=DAY
-    )
+    later = await store.commit_message(make_entry(), routed(make_event(), channels=("bad", "good")), dedup_window=DAY)
 
     assert await store.disabled_channels() == {"bad": "invalid_auth"}
     assert len(first.delivery_ids) + len(later.delivery_ids) == 6
