@@ -12,11 +12,11 @@ import asyncio
 import inspect
 import itertools
 import json
-from urllib.parse import parse_qs
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
