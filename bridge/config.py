@@ -24,6 +24,9 @@ from bridge.events import Severity
 __all__ = [
     "DedupConfig",
     "DeliveryConfig",
+    "FhirAuthConfig",
+    "FhirConfig",
+    "FhirServerConfig",
     "HttpConfig",
     "ListenerConfig",
     "LoggingConfig",
@@ -32,6 +35,7 @@ __all__ = [
     "RouteMatch",
     "Settings",
     "StoreConfig",
+    "SubscriptionConfig",
     "TlsConfig",
     "load_config",
     "parse_config",
@@ -143,6 +147,109 @@ class MappingConfig(_Section):
     extra_paths: list[Path] = Field(default_factory=list)
 
 
+class FhirAuthConfig(_Section):
+    """How the bridge authenticates to a FHIR server it reads from."""
+
+    #: ``none``, a static ``bearer`` token, or ``smart`` Backend Services (client credentials + private_key_jwt).
+    type: Literal["none", "bearer", "smart"] = "none"
+    #: The static bearer token (type bearer).
+    token: SecretStr | None = None
+    #: SMART: the token endpoint, the registered client id, the signing key (PEM text, or a file) and its algorithm.
+    token_url: str | None = None
+    client_id: str | None = None
+    private_key: SecretStr | None = None
+    private_key_file: Path | None = None
+    algorithm: Literal["RS384", "ES384"] = "RS384"
+    #: ``kid`` of the key in the client's registered JWKS.
+    key_id: str | None = None
+    scope: str = "system/*.read"
+
+    @model_validator(mode="after")
+    def _complete(self) -> FhirAuthConfig:
+        if self.type == "bearer" and self.token is None:
+            raise ValueError("type bearer needs 'token'")
+        if self.type == "smart":
+            missing = [k for k in ("token_url", "client_id") if getattr(self, k) is None]
+            if self.private_key is None and self.private_key_file is None:
+                missing.append("private_key or private_key_file")
+            if missing:
+                raise ValueError(f"type smart needs {', '.join(missing)}")
+        return self
+
+
+class FhirServerConfig(_Section):
+    """A FHIR server the bridge reads from (id-only fetches, $status, $events, searches)."""
+
+    #: The service base, e.g. ``https://fhir.example.org/fhir``; nothing outside it is ever fetched.
+    base_url: str
+    #: The server's FHIR version: ``r4`` (with the Subscriptions Backport IG), ``r4b`` or ``r5``.
+    version: Literal["r4", "r4b", "r5"] = "r4"
+    auth: FhirAuthConfig = FhirAuthConfig()
+    timeout: float = Field(10.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+class SubscriptionConfig(_Section):
+    """One subscription: the endpoint ``POST /fhir/{name}`` and, for ``subscriptions ensure``, its resource."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Key of the server under ``fhir.servers``.
+    server: str
+    #: Topic-based (Backport IG on R4/R4B, R5): the SubscriptionTopic canonical URL.
+    topic: str | None = None
+    #: R4 classic (query-based): the search criteria, e.g. ``Encounter?status=in-progress``.
+    criteria: str | None = None
+    #: Topic filters (backport-filter-criteria / R5 filterBy), as search strings: ``Encounter?location=...``.
+    filters: list[str] = Field(default_factory=list)
+    payload: Literal["full-resource", "id-only", "empty"] = "id-only"
+    #: Seconds between heartbeats the server sends; silence beyond twice this raises ``bridge.subscription.stale``.
+    heartbeat_seconds: int | None = Field(60, gt=0)
+    #: The token the server must send as ``Authorization: Bearer <token>`` (channel.header / parameter).
+    header_token: SecretStr
+    #: The public URL of this endpoint, as the FHIR server reaches it (``subscriptions ensure`` writes it).
+    endpoint: str | None = None
+    #: The Subscription's id on the server; default ``ehr-bridge-<name>`` (the id ``ensure`` gives it).
+    server_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SubscriptionConfig:
+        if (self.topic is None) == (self.criteria is None):
+            raise ValueError("needs exactly one of 'topic' (topic-based) or 'criteria' (R4 classic)")
+        return self
+
+    @property
+    def resource_id(self) -> str:
+        return self.server_id or f"ehr-bridge-{self.name}"
+
+
+class FhirConfig(_Section):
+    servers: dict[str, FhirServerConfig] = Field(default_factory=dict)
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_servers(self) -> FhirConfig:
+        seen: set[str] = set()
+        for i, sub in enumerate(self.subscriptions):
+            if sub.server not in self.servers:
+                known = ", ".join(sorted(self.servers)) or "none"
+                raise ConfigError(
+                    f"unknown FHIR server {sub.server!r} (configured: {known})", path=f"fhir.subscriptions[{i}].server"
+                )
+            if sub.name in seen:
+                raise ConfigError(f"duplicate subscription name {sub.name!r}", path=f"fhir.subscriptions[{i}].name")
+            seen.add(sub.name)
+        return self
+
+    def subscription(self, name: str) -> SubscriptionConfig | None:
+        return next((s for s in self.subscriptions if s.name == name), None)
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -170,6 +277,7 @@ class Settings(_Section):
     #: Channel name → the adapter's settings (``type`` picks the adapter).
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     delivery: DeliveryConfig = DeliveryConfig()
+    fhir: FhirConfig = FhirConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="before")

@@ -11,6 +11,10 @@ these types only::
     │   ├── FramingError        bytes outside an MLLP frame, oversize frame
     │   ├── ParseError          no usable MSH, bad delimiters, bad encoding
     │   └── ValidationError     strict validation findings (hl7apy)
+    ├── FhirError               a FHIR notification or fetch failed; carries the HTTP status
+    │   │                       and the OperationOutcome issue code to answer with
+    │   ├── OffBaseReference    a reference outside the configured FHIR base (SSRF guard)
+    │   └── FetchError          the FHIR server could not be read (transient unless 4xx)
     ├── StoreError              the durable store failed; nothing was ACKed
     └── DeliveryError           raised by outbound adapters from ``send``
         ├── Retryable           transient; the worker retries (``defer`` honoured)
@@ -26,9 +30,12 @@ __all__ = [
     "BridgeError",
     "ConfigError",
     "DeliveryError",
+    "FetchError",
+    "FhirError",
     "FramingError",
     "HL7Error",
     "MappingError",
+    "OffBaseReference",
     "ParseError",
     "Permanent",
     "Retryable",
@@ -99,6 +106,36 @@ class ValidationError(HL7Error):
     """Strict validation against the declared HL7 version found problems."""
 
     default_code = 102
+
+
+class FhirError(BridgeError):
+    """A FHIR request could not be accepted or completed.
+
+    ``status`` is the HTTP status to answer with (400, 401, 413, 415, 422, ...);
+    ``issue_code`` the OperationOutcome ``issue.code`` (``invalid``, ``structure``,
+    ``security``, ``not-supported``, ``too-long``, ``not-found``, ``transient``, ...).
+    The message must name the problem without quoting resource content.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, issue_code: str = "invalid") -> None:
+        self.status = status
+        self.issue_code = issue_code
+        super().__init__(message)
+
+
+class OffBaseReference(FhirError):
+    """A reference that points outside the configured FHIR base: never fetched."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=422, issue_code="security")
+
+
+class FetchError(FhirError):
+    """Reading from the FHIR server failed. ``transient`` when a later try may succeed."""
+
+    def __init__(self, message: str, *, transient: bool = True, status: int = 502) -> None:
+        self.transient = transient
+        super().__init__(message, status=status, issue_code="transient" if transient else "processing")
 
 
 class StoreError(BridgeError):

@@ -65,6 +65,16 @@ class EventType(StrEnum):
     ORDER_PLACED = "order.placed"
     #: ORM^O01 / OML^O21 with ORC-1 CA/OC: order cancelled; strikes the placed post.
     ORDER_CANCELLED = "order.cancelled"
+    #: FHIR Appointment booked (SIU^S12).
+    APPOINTMENT_BOOKED = "appointment.booked"
+    #: FHIR Appointment cancelled (SIU^S15); strikes the booked post.
+    APPOINTMENT_CANCELLED = "appointment.cancelled"
+    #: Two patient identities merged (ADT^A40, FHIR Patient link / ISiK patient merge); names both.
+    PATIENT_MERGED = "patient.merged"
+    #: A FHIR subscription went silent beyond twice its heartbeat period: events may be missed.
+    SUBSCRIPTION_STALE = "bridge.subscription.stale"
+    #: The FHIR server reports a subscription in error: it must be reactivated.
+    SUBSCRIPTION_ERROR = "bridge.subscription.error"
 
 
 class Severity(StrEnum):

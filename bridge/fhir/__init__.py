@@ -1,0 +1,1 @@
+"""FHIR Subscriptions in: notification parsing, the FHIR client, mapping, intake and subscription management."""
