@@ -26,6 +26,8 @@ __all__ = [
     "MessageStatus",
     "NewDelivery",
     "Store",
+    "SubscriptionProgress",
+    "SubscriptionState",
     "new_id",
 ]
 
@@ -112,6 +114,34 @@ class CommitResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionProgress:
+    """FHIR subscription state that must commit in the same transaction as the notification's events."""
+
+    subscription: str
+    #: Highest event number now committed (never lowered).
+    last_event_number: int | None = None
+    #: R4 classic: the ``_lastUpdated`` of the newest resource seen, for the next search.
+    watermark: str | None = None
+    #: ("Type/id", versionId, resource JSON) of each resource as now current: the "previous" of the next version.
+    snapshots: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """What the bridge knows of one FHIR subscription."""
+
+    name: str
+    #: requested | active | error | off, as the last handshake, heartbeat or $status said.
+    status: str = "requested"
+    last_event_number: int = 0
+    last_seen_at: float | None = None
+    watermark: str | None = None
+    error: str = ""
+    #: When silence was last reported as ``bridge.subscription.stale`` (reported once per silence).
+    stale_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     """A delivery handed to a worker, with what rendering needs."""
 
@@ -158,8 +188,12 @@ class Store(Protocol):
         events: list[tuple[ClinicalEvent, list[NewDelivery]]],
         *,
         dedup_window: float,
+        progress: SubscriptionProgress | None = None,
     ) -> CommitResult:
         """Journal ``entry`` with its events and outbox rows in one transaction.
+
+        ``progress`` (FHIR) is written in the same transaction: the event number and
+        resource versions count as seen only if the events they produced are committed.
 
         For an ACCEPTED entry whose (sending app, facility, control id) and
         body after the MSH segment were accepted within ``dedup_window``
@@ -172,6 +206,18 @@ class Store(Protocol):
 
     async def journal(self, entry: JournalEntry) -> None:
         """Record a message without events (a rejection)."""
+        ...
+
+    async def subscription_state(self, name: str) -> SubscriptionState:
+        """The state of subscription ``name`` (defaults when never seen)."""
+        ...
+
+    async def record_subscription(self, name: str, **fields: Any) -> None:
+        """Update some of status, last_seen_at, error, stale_since of subscription ``name``."""
+        ...
+
+    async def snapshots(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The last committed version of each resource ("Type/id") the bridge has seen."""
         ...
 
     async def claim(self, channel: str, *, now: float, limit: int) -> list[ClaimedDelivery]:

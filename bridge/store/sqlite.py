@@ -47,6 +47,8 @@ from bridge.store import (
     JournalEntry,
     MessageStatus,
     NewDelivery,
+    SubscriptionProgress,
+    SubscriptionState,
 )
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
@@ -152,6 +154,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_queue ON deliveries (channel, status, event_seq);
     DROP INDEX deliveries_thread;
     CREATE INDEX deliveries_thread_open ON deliveries (channel, thread_key, status, event_seq);
+    """,
+    # 4: FHIR subscriptions (state, last event number) and the last version of each resource seen.
+    """
+    CREATE TABLE subscriptions (
+        name TEXT PRIMARY KEY,
+        status TEXT NOT NULL DEFAULT 'requested',
+        last_event_number INTEGER NOT NULL DEFAULT 0,
+        last_seen_at REAL,
+        watermark TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        stale_since REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE fhir_resources (
+        key TEXT PRIMARY KEY,
+        version_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
     """,
 )
 
@@ -393,6 +414,7 @@ class SQLiteStore:
         events: list[tuple[ClinicalEvent, list[NewDelivery]]],
         *,
         dedup_window: float,
+        progress: SubscriptionProgress | None = None,
     ) -> CommitResult:
         # Hashed here, not on the writer thread: the writer is the one serial stage of every commit.
         digest = _body_digest(entry.raw)
@@ -477,9 +499,51 @@ class SQLiteStore:
                         ),
                     )
                     created.append(delivery_id)
+            if progress is not None:
+                _write_progress(conn, progress, entry.received_at)
             return CommitResult(duplicate=False, delivery_ids=tuple(created), control_id_reused=reused)
 
         return await self._write(run)
+
+    # -- FHIR subscriptions ------------------------------------------------------------------
+
+    async def subscription_state(self, name: str) -> SubscriptionState:
+        def run(conn: sqlite3.Connection) -> SubscriptionState:
+            row = conn.execute(
+                "SELECT status, last_event_number, last_seen_at, watermark, error, stale_since"
+                " FROM subscriptions WHERE name=?",
+                (name,),
+            ).fetchone()
+            return SubscriptionState(name, *row) if row else SubscriptionState(name)
+
+        return await self._read(run)
+
+    async def record_subscription(self, name: str, **fields: Any) -> None:
+        unknown = set(fields) - _SUBSCRIPTION_FIELDS
+        if unknown:
+            raise ValueError(f"unknown subscription fields: {sorted(unknown)}")
+
+        def run(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute("INSERT OR IGNORE INTO subscriptions (name, updated_at) VALUES (?, ?)", (name, now))
+            if fields:
+                sets = ", ".join(f"{k}=?" for k in fields)
+                conn.execute(
+                    f"UPDATE subscriptions SET {sets}, updated_at=? WHERE name=?", (*fields.values(), now, name)
+                )
+
+        await self._write(run)
+
+    async def snapshots(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            marks = ",".join("?" * len(keys))
+            rows = conn.execute(f"SELECT key, body FROM fhir_resources WHERE key IN ({marks})", keys).fetchall()
+            return {key: json.loads(body) for key, body in rows}
+
+        return await self._read(run)
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -743,6 +807,25 @@ def _kill_undecodable(
     )
     _insert_audit(conn, "delivery.dead", channel=channel, event_id=event_id, detail=error)
     log.error("store.event_undecodable", channel=channel, delivery_id=delivery_id, error=error_type)
+
+
+_SUBSCRIPTION_FIELDS = frozenset({"status", "last_seen_at", "error", "stale_since"})
+
+
+def _write_progress(conn: sqlite3.Connection, progress: SubscriptionProgress, now: float) -> None:
+    conn.execute(
+        "INSERT INTO subscriptions (name, last_event_number, watermark, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET"
+        " last_event_number = max(last_event_number, excluded.last_event_number),"
+        " watermark = coalesce(excluded.watermark, watermark), updated_at = excluded.updated_at",
+        (progress.subscription, progress.last_event_number or 0, progress.watermark, now),
+    )
+    conn.executemany(
+        "INSERT INTO fhir_resources (key, version_id, body, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET version_id=excluded.version_id, body=excluded.body,"
+        " updated_at=excluded.updated_at",
+        [(key, version, body, now) for key, version, body in progress.snapshots],
+    )
 
 
 def _insert_audit(

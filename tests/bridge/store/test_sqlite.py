@@ -939,3 +939,25 @@ async def test_secret_is_created_once_and_survives_reopen(tmp_path: Path) -> Non
     assert await again.secret("phi-pseudonym") == key
     await again.close()
     assert len(key) == 32
+
+
+async def test_subscription_progress_commits_with_the_events_and_never_goes_back(
+    store: SQLiteStore, make_entry: Callable[..., JournalEntry], make_event: Callable[..., ClinicalEvent]
+) -> None:
+    from bridge.store import SubscriptionProgress
+
+    assert (await store.subscription_state("enc")).last_event_number == 0
+    snapshot = ("Encounter/1", "2", '{"resourceType": "Encounter", "id": "1"}')
+    progress = SubscriptionProgress("enc", last_event_number=7, watermark="2026-11-22T10:00:00Z", snapshots=(snapshot,))
+    await store.commit_message(make_entry(), [(make_event(), [])], dedup_window=0, progress=progress)
+    await store.commit_message(
+        make_entry(), [(make_event(), [])], dedup_window=0, progress=SubscriptionProgress("enc", last_event_number=5)
+    )
+    state = await store.subscription_state("enc")
+    assert (state.last_event_number, state.watermark) == (7, "2026-11-22T10:00:00Z")
+    assert await store.snapshots(["Encounter/1", "Encounter/2"]) == {"Encounter/1": {"resourceType": "Encounter", "id": "1"}}
+    await store.record_subscription("enc", status="active", last_seen_at=123.0)
+    state = await store.subscription_state("enc")
+    assert (state.status, state.last_seen_at, state.last_event_number) == ("active", 123.0, 7)
+    with pytest.raises(ValueError):
+        await store.record_subscription("enc", last_event_number=1)
