@@ -22,6 +22,8 @@ __all__ = ["app", "main"]
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ehr-bridge: HL7 v2 and FHIR to clinical chat.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: deliveries that gave up.")
 app.add_typer(dlq_app, name="dlq")
+subscriptions_app = typer.Typer(no_args_is_help=True, help="FHIR subscriptions on the servers in config.")
+app.add_typer(subscriptions_app, name="subscriptions")
 
 
 @app.callback()
@@ -212,6 +214,72 @@ def dlq_replay(
     settings = _settings(config)
     count = asyncio.run(_with_store(settings, lambda s: s.replay(None if all_ else list(ids or []))))
     typer.echo(f"replayed {count} delivery(ies)")
+
+
+@subscriptions_app.command("ensure")
+def subscriptions_ensure(config: ConfigOption = None) -> None:
+    """Create or update each configured Subscription on its FHIR server, in the form that server speaks."""
+    import httpx
+
+    from bridge.fhir.client import FhirClient
+    from bridge.fhir.subscriptions import build_subscription
+
+    settings = _settings(config)
+    if not settings.fhir.subscriptions:
+        typer.echo("no subscriptions configured (fhir.subscriptions)")
+        return
+
+    async def run() -> int:
+        failures = 0
+        async with httpx.AsyncClient() as http:
+            for sub in settings.fhir.subscriptions:
+                server = settings.fhir.servers[sub.server]
+                try:
+                    saved = await FhirClient(server, http).update(build_subscription(sub, server))
+                except BridgeError as exc:
+                    typer.echo(f"{sub.name}: failed: {exc}", err=True)
+                    failures += 1
+                    continue
+                typer.echo(
+                    f"{sub.name}: {server.version} Subscription/{sub.resource_id} {saved.get('status', 'saved')}"
+                )
+        return failures
+
+    raise typer.Exit(1 if asyncio.run(run()) else 0)
+
+
+@subscriptions_app.command("status")
+def subscriptions_status(config: ConfigOption = None) -> None:
+    """Each subscription's state as the FHIR server and the bridge each see it."""
+    import httpx
+
+    from bridge.fhir.client import FhirClient
+    from bridge.fhir.notification import parse_status_bundle
+
+    settings = _settings(config)
+
+    async def run(store: Any) -> None:
+        async with httpx.AsyncClient() as http:
+            for sub in settings.fhir.subscriptions:
+                server = settings.fhir.servers[sub.server]
+                try:
+                    statuses = parse_status_bundle(await FhirClient(server, http).status(sub.resource_id))
+                    remote = statuses[0] if statuses else None
+                    server_view = f"{remote.status} events={remote.events_since_start}" if remote else "no status"
+                except BridgeError as exc:
+                    server_view = f"unavailable ({type(exc).__name__})"
+                state = await store.subscription_state(sub.name)
+                seen = (
+                    datetime.fromtimestamp(state.last_seen_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                    if state.last_seen_at
+                    else "never"
+                )
+                typer.echo(
+                    f"{sub.name}: server {server_view} | bridge {state.status} events={state.last_event_number}"
+                    f" last seen {seen}{' STALE' if state.stale_since else ''}"
+                )
+
+    asyncio.run(_with_store(settings, run))
 
 
 def main() -> None:
