@@ -273,3 +273,15 @@ def test_templates_load_from_a_site_file(tmp_path: Path, events: dict[str, Clini
 def test_templates_schema_event_types_are_the_catalogue() -> None:
     schema = json.loads((mappings_dir() / "templates.schema.json").read_text(encoding="utf-8"))
     assert set(schema["$defs"]["eventType"]["enum"]) == {t.value for t in EventType}
+
+
+def test_the_schemas_know_every_event_type_of_the_catalogue() -> None:
+    import json
+
+    from bridge.events import EventType
+    from bridge.mapping import mappings_dir
+
+    for name in ("schema.json", "templates.schema.json"):
+        text = json.dumps(json.loads((mappings_dir() / name).read_text()))
+        missing = [t.value for t in EventType if f'"{t.value}"' not in text]
+        assert missing == [], name
