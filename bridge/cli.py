@@ -263,7 +263,9 @@ def subscriptions_status(config: ConfigOption = None) -> None:
             for sub in settings.fhir.subscriptions:
                 server = settings.fhir.servers[sub.server]
                 try:
-                    statuses = parse_status_bundle(await FhirClient(server, http).status(sub.resource_id))
+                    statuses = parse_status_bundle(
+                        await FhirClient(server, http).status(sub.resource_id), version=server.version
+                    )
                     remote = statuses[0] if statuses else None
                     server_view = f"{remote.status} events={remote.events_since_start}" if remote else "no status"
                 except BridgeError as exc:

@@ -209,6 +209,7 @@ class SubscriptionConfig(_Section):
     filters: list[str] = Field(default_factory=list)
     payload: Literal["full-resource", "id-only", "empty"] = "id-only"
     #: Seconds between heartbeats the server sends; silence beyond twice this raises ``bridge.subscription.stale``.
+    #: Topic-based subscriptions only: R4 classic (criteria) has no heartbeat.
     heartbeat_seconds: int | None = Field(60, gt=0)
     #: The token the server must send as ``Authorization: Bearer <token>`` (channel.header / parameter).
     header_token: SecretStr

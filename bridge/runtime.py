@@ -19,6 +19,9 @@ from bridge.compose import Templates
 from bridge.config import ListenerConfig, Settings
 from bridge.delivery import ChannelWorker, Dispatcher, RetryPolicy
 from bridge.errors import FramingError
+from bridge.fhir.client import FhirClient
+from bridge.fhir.intake import FhirIntake, has_heartbeat
+from bridge.fhir.mapping import FhirMapper
 from bridge.intake import Intake, RawMessage
 from bridge.mapping import Mapper, MappingOptions
 from bridge.routing import Router
@@ -89,7 +92,23 @@ class Runtime:
         }
         self.dispatcher = Dispatcher(workers)
         self.intake = Intake(settings, self.store, self.mapper, self.router, on_commit=self.dispatcher.wake)
+        self.fhir: FhirIntake | None = None
+        if settings.fhir.subscriptions:
+            self.fhir = FhirIntake(
+                settings,
+                self.store,
+                FhirMapper.load(
+                    MappingOptions(
+                        critical_flags=frozenset(settings.mapping.critical_flags),
+                        extra_paths=tuple(settings.mapping.extra_paths),
+                    )
+                ),
+                self.router,
+                {name: FhirClient(cfg, self.http) for name, cfg in settings.fhir.servers.items()},
+                on_commit=self.dispatcher.wake,
+            )
         self.servers: dict[str, _Server] = {}
+        self._watchdog: asyncio.Task[None] | None = None
         self.started = False
 
     async def start(self, *, listeners: bool = True) -> None:
@@ -110,12 +129,29 @@ class Runtime:
                 await server.start()
                 self.servers[cfg.name] = server
                 log.info("runtime.listening", listener=cfg.name, transport="mllp", port=server.port)
+        heartbeats = [
+            s.heartbeat_seconds for s in self.settings.fhir.subscriptions if has_heartbeat(s) and s.heartbeat_seconds
+        ]
+        if self.fhir is not None and heartbeats:
+            # Look often enough to notice 2 x the shortest heartbeat soon after it passes.
+            self._watchdog = asyncio.create_task(
+                self._watch(self.fhir, max(1.0, min(heartbeats) / 2)), name="fhir-watchdog"
+            )
         self.started = True
+
+    async def _watch(self, fhir: FhirIntake, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await fhir.watch()
 
     def mllp_port(self, listener: str) -> int:
         return self.servers[listener].port
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         for server in self.servers.values():
             await server.stop()
         self.servers.clear()
@@ -129,6 +165,9 @@ class Runtime:
         """Routers of inbound HTTP adapters and of outbound adapters that serve pages (the inbox)."""
         build = registry.load(registry.INBOUND, "hl7_http")
         routers = [build(self.intake, max_body_bytes=self.settings.http.max_body_bytes)]
+        if self.fhir is not None:
+            build_fhir = registry.load(registry.INBOUND, "fhir")
+            routers.append(build_fhir(self.fhir, max_body_bytes=self.settings.http.max_body_bytes))
         seen: set[type] = set()
         for adapter in self.adapters.values():
             make = getattr(adapter, "router", None)
