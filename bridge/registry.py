@@ -3,7 +3,8 @@
 Groups (declared in ``pyproject.toml``; a third-party package may add its own):
 
 - ``ehr_bridge.channels``: outbound adapter classes (``slack``, ``webhook``, ``inbox``);
-- ``ehr_bridge.inbound``: inbound transports (``mllp`` server factory, ``mllp_client``, ``hl7_http`` router).
+- ``ehr_bridge.inbound``: inbound transports (``mllp`` server factory, ``mllp_client``, the ``hl7_http``
+  and ``fhir`` routers).
 """
 
 from __future__ import annotations

@@ -166,9 +166,14 @@ class FhirIntake:
             numbered = sorted((e for e in n.events if e.number is not None), key=lambda e: e.number or 0)
             first = numbered[0].number if numbered else None
             if first is not None and first > state.last_event_number + 1:
+                log.warning("fhir.gap", subscription=sub.name, since=state.last_event_number + 1, until=first - 1)
                 await self._recover(sub, state.last_event_number + 1, first - 1, batch)
             fresh = [e for e in n.events if e.number is None or e.number > state.last_event_number]
-            await self._map_events(sub, fresh, n.resources, batch)
+            # An empty payload names no focus: ask $events which resources these numbers were about.
+            blind = [e.number for e in fresh if e.focus is None and e.number is not None]
+            if blind:
+                await self._recover(sub, min(blind), max(blind), batch)
+            await self._map_events(sub, [e for e in fresh if e.focus is not None], n.resources, batch)
             newest = max((e.number for e in numbered), default=None)
             if newest is not None:
                 batch.last_event_number = max(newest, batch.last_event_number or 0)
@@ -202,7 +207,7 @@ class FhirIntake:
 
     async def _recover(self, sub: SubscriptionConfig, since: int, until: int, batch: _Batch) -> None:
         """Fetch missed events ``since..until`` and map them first, in order."""
-        log.warning("fhir.gap", subscription=sub.name, since=since, until=until)
+        log.info("fhir.fetch_events", subscription=sub.name, since=since, until=until)
         client = self._client(sub)
         content = "full-resource" if sub.payload == "full-resource" else "id-only"
         try:
@@ -258,7 +263,16 @@ class FhirIntake:
             resource = _lookup(resources, event.focus)
             if resource is None:
                 # id-only (or an entry without its resource): fetch it, from the configured base only.
-                resource = await self._client(sub).read(event.focus)
+                try:
+                    resource = await self._client(sub).read(event.focus)
+                except FetchError as exc:
+                    if exc.transient:
+                        raise
+                    # Gone or not ours to see (404, 403): nothing to post, and asking again will not help.
+                    log.warning(
+                        "fhir.focus_unavailable", subscription=sub.name, event_number=event.number, status=exc.status
+                    )
+                    continue
             else:
                 validate_resource(resource, version)
             focused.append(resource)
