@@ -850,7 +850,10 @@ class Mapper:
         base = mappings_dir()
         paths = {p.name: p for p in sorted((base / "hl7v2").glob("*.yaml"))}
         for extra in options.extra_paths:
+            # FHIR mappings (a folder named fhir, or files in one) belong to bridge.fhir.mapping.
             for p in sorted(extra.glob("*.yaml")) if extra.is_dir() else [extra]:
+                if p.parent.name == "fhir":
+                    continue
                 # dicts keep insertion order: a known name is replaced in place, a new one appended.
                 paths[p.name] = p
         schema = base / "schema.json"

@@ -174,7 +174,7 @@ class FhirIntake:
             if blind:
                 await self._recover(sub, min(blind), max(blind), batch)
             await self._map_events(sub, [e for e in fresh if e.focus is not None], n.resources, batch)
-            newest = max((e.number for e in numbered), default=None)
+            newest = max((e.number for e in numbered if e.number is not None), default=None)
             if newest is not None:
                 batch.last_event_number = max(newest, batch.last_event_number or 0)
         elif n.events_since_start is not None and n.events_since_start > state.last_event_number:

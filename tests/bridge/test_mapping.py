@@ -818,3 +818,12 @@ def test_hl7_dates_normalise_to_iso_or_stay_raw(text: str, date: str, iso: str) 
 )
 def test_hl7_timestamp_needs_a_day_and_takes_naive_as_utc(text: str, expected: datetime | None) -> None:
     assert hl7_timestamp(text) == expected
+
+
+def test_a_fhir_mapping_file_among_the_extra_paths_is_left_to_the_fhir_mapper(tmp_path: Path) -> None:
+    # Regression: a FHIR file listed on its own reached the HL7 loader and failed its schema.
+    folder = tmp_path / "fhir"
+    folder.mkdir()
+    (folder / "site-encounter.yaml").write_text("match: {resourceType: Encounter}\n")
+    loaded = Mapper.load(MappingOptions(extra_paths=(folder / "site-encounter.yaml", folder)))
+    assert all("site-encounter" not in source for source in loaded.sources)

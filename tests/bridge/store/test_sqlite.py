@@ -955,7 +955,8 @@ async def test_subscription_progress_commits_with_the_events_and_never_goes_back
     )
     state = await store.subscription_state("enc")
     assert (state.last_event_number, state.watermark) == (7, "2026-11-22T10:00:00Z")
-    assert await store.snapshots(["Encounter/1", "Encounter/2"]) == {"Encounter/1": {"resourceType": "Encounter", "id": "1"}}
+    expected = {"Encounter/1": {"resourceType": "Encounter", "id": "1"}}
+    assert await store.snapshots(["Encounter/1", "Encounter/2"]) == expected
     await store.record_subscription("enc", status="active", last_seen_at=123.0)
     state = await store.subscription_state("enc")
     assert (state.status, state.last_seen_at, state.last_event_number) == ("active", 123.0, 7)
