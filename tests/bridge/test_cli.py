@@ -18,6 +18,7 @@ EXAMPLE_ENV = {
     "SLACK_BOT_TOKEN": "xoxb-example-token",
     "LAB_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "EHR_BRIDGE_ADMIN_TOKEN": "example-admin-token",
+    "FHIR_SUBSCRIPTION_TOKEN": "example-fhir-token",
 }
 
 runner = CliRunner()
@@ -30,6 +31,8 @@ def test_example_config_loads_through_the_real_loader() -> None:
     assert "xoxb-example-token" not in repr(settings)
     assert "example-token" not in repr(settings)
     assert "example-admin-token" not in repr(settings)
+    assert "example-fhir-token" not in repr(settings)
+    assert [s.name for s in settings.fhir.subscriptions] == ["encounters", "lab-classic"]
 
 
 def test_example_config_without_its_secrets_names_the_missing_variable() -> None:
