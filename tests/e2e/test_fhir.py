@@ -387,3 +387,65 @@ def test_subscriptions_ensure_writes_a_valid_subscription_in_the_servers_form(
     text = json.dumps(saved)
     assert "https://bridge.example.org/fhir/adt" in text and TOKEN in text and "id-only" in text
     assert TOKEN not in result.output
+
+
+# --- R4 classic (query-based) rest-hook ---------------------------------------------------------------------
+
+
+def classic_config(server: FakeFhirServer) -> dict[str, Any]:
+    return {
+        "servers": {"local": {"base_url": server.base_url, "version": "r4"}},
+        "subscriptions": [
+            {"name": "classic", "server": "local", "criteria": "Encounter?status=in-progress", "header_token": TOKEN}
+        ],
+    }
+
+
+async def test_r4_classic_empty_post_searches_from_the_watermark(fhir_server: FakeFhirServer, make_bridge: Any) -> None:
+    first = encounter("c1")
+    first["meta"]["lastUpdated"] = "2026-11-22T10:00:00Z"
+    fhir_server.put_resource(first)
+    fhir_server.put_resource(PATIENT)
+    bridge = await make_bridge(fhir=classic_config(fhir_server))
+    ping = await bridge.client.post("/fhir/classic", content=b"", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ping.status_code == 200
+    assert await event_types(bridge) == ["encounter.admitted"]
+    second = encounter("c2")
+    second["meta"]["lastUpdated"] = "2026-11-22T11:00:00Z"
+    fhir_server.put_resource(second)
+    again = await bridge.client.post("/fhir/classic", content=b"", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert again.status_code == 200
+    assert await event_types(bridge) == ["encounter.admitted", "encounter.admitted"]
+    searches = [r.query for r in fhir_server.requests if r.path == "/fhir/Encounter"]
+    assert "gt2026-11-22T10:00:00Z" in str(searches[-1])  # the second search starts at the watermark
+    assert (await bridge.runtime.store.subscription_state("classic")).watermark == "2026-11-22T11:00:00Z"
+
+
+async def test_r4_classic_put_carries_the_resource_and_a_resent_version_posts_nothing(
+    fhir_server: FakeFhirServer, make_bridge: Any
+) -> None:
+    fhir_server.put_resource(PATIENT)
+    bridge = await make_bridge(fhir=classic_config(fhir_server))
+    body = json.dumps(encounter("p1-visit")).encode()
+    for _ in range(2):
+        response = await bridge.client.put("/fhir/classic/Encounter/p1-visit", content=body, headers=AUTH)
+        assert response.status_code == 200
+    assert await event_types(bridge) == ["encounter.admitted"]
+    mismatch = await bridge.client.put("/fhir/classic/Encounter/other", content=body, headers=AUTH)
+    assert mismatch.status_code == 400
+    assert "does not match" in mismatch.json()["issue"][0]["diagnostics"]
+
+
+def test_subscriptions_status_shows_the_server_and_the_bridge_view(fhir_server: FakeFhirServer, tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from bridge.cli import app
+
+    fhir_server.subscription_state["ehr-bridge-adt"] = SubscriptionState(status="active", events_since_start=4)
+    config = {"store": {"path": str(tmp_path / "b.db")}, "fhir": local_config(fhir_server)}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["subscriptions", "status", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "adt: server active events=4 | bridge requested events=0 last seen never" in result.output
