@@ -11,7 +11,6 @@ no file matches yields no events (the caller journals it as unmapped).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -23,13 +22,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
 from bridge.errors import MappingError
-from bridge.events import (
-    ClinicalEvent,
-    EventType,
-    Lifecycle,
-    Severity,
-)
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
 from bridge.hl7.reader import Delimiters, Message, Segment, unescape
 
 __all__ = [
@@ -171,8 +166,8 @@ class _Ctx:
         self.group = group
         self.item: Segment | None = None
         self.item_name = ""
-        self.observations: list[_Obs] = []
-        self.fields: dict[str, str | None] = {}
+        self.observations: list[Observation] = []
+        self.fields: Facts = {}
 
     def seg(self, name: str) -> Segment | None:
         if self.item is not None and name == self.item_name:
@@ -183,33 +178,7 @@ class _Ctx:
 Getter = Callable[[_Ctx], "str | None"]
 ListGetter = Callable[[_Ctx], list[str]]
 Cond = Callable[[_Ctx], bool]
-Parts = dict[str, "str | None"]
 CompositeGetter = Callable[[_Ctx], list[Parts]]
-
-
-@dataclass(slots=True)
-class _Obs:
-    code: str | None
-    text: str | None
-    value: str | None
-    units: str | None
-    reference_range: str | None
-    flags: tuple[str, ...]
-    status: str | None
-    critical: bool
-    abnormal: bool
-
-    def plain(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "text": self.text,
-            "value": self.value,
-            "units": self.units,
-            "reference_range": self.reference_range,
-            "flags": list(self.flags),
-            "status": self.status,
-            "critical": self.critical,
-        }
 
 
 _PATH_RE = re.compile(r"^([A-Z][A-Z0-9]{2})-([1-9]\d*)(?:\[([1-9]\d*)\])?(?:\.([1-9]\d*)(?:\.([1-9]\d*))?)?$")
@@ -219,26 +188,7 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 #: Placeholders of value templates besides HL7 paths: the 1-based number of the group in the message.
 _VALUE_NAMES = frozenset({"group"})
 #: Placeholders of key and link templates besides HL7 paths: facts of the event being built.
-_EVENT_NAMES = frozenset(
-    {
-        "group",
-        "type",
-        "severity",
-        "occurred_at",
-        "digest",
-        "thread_key",
-        "subject.kind",
-        "subject.key",
-        "subject.code",
-        "patient.mrn.value",
-        "patient.mrn.authority",
-        "patient.mrn.type",
-        "encounter.visit_number",
-        "encounter.patient_class",
-        "encounter.location.facility",
-        "encounter.location.unit",
-    }
-)
+_EVENT_NAMES = EVENT_FACTS | {"group"}
 
 
 def _clean(value: str) -> str | None:
@@ -509,8 +459,8 @@ class _Compiler:
                 checks.append(_value_in(self.path_getter(self.path(key, at)), frozenset(value)))
         return checks[0] if len(checks) == 1 else _all_of(checks)
 
-    def observation_predicate(self, spec: dict[str, Any]) -> Callable[[_Obs], bool]:
-        tests: list[Callable[[_Obs], bool]] = []
+    def observation_predicate(self, spec: dict[str, Any]) -> Callable[[Observation], bool]:
+        tests: list[Callable[[Observation], bool]] = []
         if "status" in spec:
             statuses = frozenset(spec["status"])
             tests.append(lambda o: o.status in statuses)
@@ -546,11 +496,11 @@ def _negated(cond: Cond) -> Cond:
     return lambda ctx: not cond(ctx)
 
 
-def _any_observation(pred: Callable[[_Obs], bool]) -> Cond:
+def _any_observation(pred: Callable[[Observation], bool]) -> Cond:
     return lambda ctx: any(pred(o) for o in ctx.observations)
 
 
-def _all_observations(pred: Callable[[_Obs], bool]) -> Cond:
+def _all_observations(pred: Callable[[Observation], bool]) -> Cond:
     # "All" of no observations would be vacuously true and call an empty report final.
     return lambda ctx: bool(ctx.observations) and all(pred(o) for o in ctx.observations)
 
@@ -815,12 +765,6 @@ class _Ids:
     origin: dict[str, str]
 
 
-def _digest(content: dict[str, Any]) -> str:
-    # repr of plain dicts, lists and strings built in a fixed order is canonical and several
-    # times cheaper than sorted JSON; the digest only has to be stable within a deployment.
-    return hashlib.sha256(repr(content).encode("utf-8")).hexdigest()[:16]
-
-
 class Mapper:
     """The compiled mapping files, in the order they are tried."""
 
@@ -890,7 +834,6 @@ class Mapper:
         spec = self._file_for(message)
         if spec is None:
             return []
-        fallback_time = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
         events: list[ClinicalEvent] = []
         trigger = message.trigger
         for index, (scope, items) in enumerate(_units(message, spec), start=1):
@@ -900,14 +843,14 @@ class Mapper:
                 ctx,
                 items,
                 _Ids(f"{message_id}-{len(events) + 1}", message_id, source, origin),
-                fallback_time,
+                received_at,
             )
             if event is not None:
                 events.append(event)
         return events
 
-    def _observations(self, spec: _File, ctx: _Ctx, items: list[Segment]) -> list[_Obs]:
-        result: list[_Obs] = []
+    def _observations(self, spec: _File, ctx: _Ctx, items: list[Segment]) -> list[Observation]:
+        result: list[Observation] = []
         ctx.item_name = spec.item_segment
         texts = spec.item_texts
         for seg in items:
@@ -916,106 +859,41 @@ class Mapper:
             flags = tuple(spec.item_flags(ctx)) if spec.item_flags is not None else ()
             upper = {f.upper() for f in flags}
             critical = not upper.isdisjoint(self._critical)
-            result.append(
-                _Obs(
-                    code=values.get("code"),
-                    text=values.get("text"),
-                    value=values.get("value"),
-                    units=values.get("units"),
-                    reference_range=values.get("reference_range"),
-                    flags=flags,
-                    status=values.get("status"),
-                    critical=critical,
-                    abnormal=critical or not upper.isdisjoint(spec.abnormal_flags),
-                )
-            )
+            result.append(Observation(values, flags, critical, critical or not upper.isdisjoint(spec.abnormal_flags)))
         ctx.item = None
         return result
 
     def _event(
-        self, spec: _File, ctx: _Ctx, items: list[Segment], ids: _Ids, fallback_time: datetime
+        self, spec: _File, ctx: _Ctx, items: list[Segment], ids: _Ids, received_at: datetime
     ) -> ClinicalEvent | None:
         ctx.observations = self._observations(spec, ctx, items)
         rule = next((r for r in spec.rules if r.when is None or r.when(ctx)), None)
         if rule is None:
             return None
         severity = next((s for cond, s in rule.severity_rules if cond(ctx)), rule.severity)
-        t = {key: getter(ctx) for key, getter in spec.texts.items()}
-        mrn = _one(spec.mrn, ctx)
-        identifiers = spec.identifiers(ctx) if spec.identifiers is not None else []
-        location = _one(spec.location, ctx) or {}
-        patient: dict[str, Any] = {
-            # Identifier.value is required: a CX with only an authority identifies nothing.
-            "mrn": mrn if mrn is not None and mrn.get("value") is not None else None,
-            "identifiers": [i for i in identifiers if i.get("value") is not None],
-            "family": t.get("patient.family"),
-            "given": t.get("patient.given"),
-            "birth_date": t.get("patient.birth_date"),
-            "sex": t.get("patient.sex"),
-        }
-        encounter: dict[str, Any] = {
-            "visit_number": t.get("encounter.visit_number"),
-            "patient_class": t.get("encounter.patient_class"),
-            "location": location,
-            "prior_location": _one(spec.prior_location, ctx),
-            "attending": _one(spec.attending, ctx),
-            "admitted_at": t.get("encounter.admitted_at"),
-            "discharged_at": t.get("encounter.discharged_at"),
-        }
-        subject: dict[str, Any] | None = None
-        if spec.subject_kind is not None:
-            subject = {
-                "kind": spec.subject_kind,
-                "key": t.get("subject.key"),
-                "code": t.get("subject.code"),
-                "text": t.get("subject.text"),
-                "status": t.get("subject.status"),
-                "observations": [o.plain() for o in ctx.observations],
-            }
-        occurred = (spec.occurred_at(ctx) if spec.occurred_at is not None else None) or fallback_time
-        # The digest covers the clinical content only (not control ID, times or origin), so the same
-        # fact re-sent under a new control ID digests the same, and a changed result does not.
-        digest = _digest({"type": rule.type.value, "patient": patient, "encounter": encounter, "subject": subject})
-        mrn_fields: Parts = patient["mrn"] or {}
-        ctx.fields = {
-            "type": rule.type.value,
-            "severity": severity.value,
-            "occurred_at": occurred.isoformat(),
-            "digest": digest,
-            "subject.kind": spec.subject_kind,
-            "subject.key": t.get("subject.key"),
-            "subject.code": t.get("subject.code"),
-            "patient.mrn.value": mrn_fields.get("value"),
-            "patient.mrn.authority": mrn_fields.get("authority"),
-            "patient.mrn.type": mrn_fields.get("type"),
-            "encounter.visit_number": encounter["visit_number"],
-            "encounter.patient_class": encounter["patient_class"],
-            "encounter.location.facility": location.get("facility"),
-            "encounter.location.unit": location.get("unit"),
-        }
-        # Without a resolvable template the keys fall back to this message only: never a false match.
-        thread_key = _first_rendered(spec.thread_key, ctx) or f"msg:{ids.message_id}"
-        ctx.fields["thread_key"] = thread_key
-        dedup_key = _first_rendered(spec.dedup_key, ctx) or f"{rule.type.value}:{ids.event_id}"
-        links = {name: value for name, getter in rule.links if (value := getter(ctx)) is not None}
-        # One validation of the whole plain tree runs in pydantic-core; building the nested
-        # models one by one (even with model_construct) costs several times more.
-        return ClinicalEvent.model_validate(
-            {
-                "id": ids.event_id,
-                "type": rule.type,
-                "severity": severity,
-                "occurred_at": occurred,
-                "source": ids.source,
-                "patient": patient,
-                "encounter": encounter,
-                "subject": subject,
-                "thread_key": thread_key,
-                "dedup_key": dedup_key,
-                "lifecycle": rule.lifecycle,
-                "links": links,
-                "origin": dict(ids.origin),
-            }
+        found = Found(
+            texts={key: getter(ctx) for key, getter in spec.texts.items()},
+            mrn=_one(spec.mrn, ctx),
+            identifiers=spec.identifiers(ctx) if spec.identifiers is not None else [],
+            location=_one(spec.location, ctx) or {},
+            prior_location=_one(spec.prior_location, ctx),
+            attending=_one(spec.attending, ctx),
+            subject_kind=spec.subject_kind,
+            observations=ctx.observations,
+            occurred_at=spec.occurred_at(ctx) if spec.occurred_at is not None else None,
+        )
+        return assemble_event(
+            found,
+            Verdict(rule.type, severity, rule.lifecycle),
+            event_id=ids.event_id,
+            message_id=ids.message_id,
+            source=ids.source,
+            origin=ids.origin,
+            received_at=received_at,
+            facts=ctx.fields,
+            thread_key=lambda: _first_rendered(spec.thread_key, ctx),
+            dedup_key=lambda: _first_rendered(spec.dedup_key, ctx),
+            links=lambda: {name: value for name, getter in rule.links if (value := getter(ctx)) is not None},
         )
 
 

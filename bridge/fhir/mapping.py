@@ -19,7 +19,6 @@ on a resource counts as empty (and is logged by file and path, never content).
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
 from bridge.mapping import MappingOptions, load_document, mappings_dir
@@ -58,25 +58,7 @@ _RESERVED = _BASE_VARS | _RULE_VARS | _BUILTIN_VARS
 
 #: Placeholders of key and link templates that are facts of the event being built (as in the
 #: HL7 mappings); any other placeholder is a FHIRPath expression on the resource.
-_FACTS = frozenset(
-    {
-        "type",
-        "severity",
-        "occurred_at",
-        "digest",
-        "thread_key",
-        "subject.kind",
-        "subject.key",
-        "subject.code",
-        "patient.mrn.value",
-        "patient.mrn.authority",
-        "patient.mrn.type",
-        "encounter.visit_number",
-        "encounter.patient_class",
-        "encounter.location.facility",
-        "encounter.location.unit",
-    }
-)
+_FACTS = EVENT_FACTS
 
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]+)\}")
 #: The ``Type/id`` of a reference (relative, absolute or versioned); FHIR ids are [A-Za-z0-9-.]{1,64}.
@@ -129,11 +111,6 @@ def _truthy(result: list[Any]) -> bool:
         return False
     item = result[0]
     return item is True or not isinstance(item, bool)
-
-
-def _digest(content: dict[str, Any]) -> str:
-    # Same recipe as the HL7 mapper: the repr of plain data built in a fixed order is canonical.
-    return hashlib.sha256(repr(content).encode("utf-8")).hexdigest()[:16]
 
 
 def _reference_tail(reference: str) -> str | None:
@@ -236,7 +213,7 @@ class _Ctx:
         self.source = source
         self.resource_type = resource_type
         self.env = env
-        self.facts: dict[str, str | None] = {}
+        self.facts: Facts = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +242,6 @@ class _Expr:
 
 Getter = Callable[[_Ctx, Any], "str | None"]
 ListGetter = Callable[[_Ctx, Any], list[str]]
-Parts = dict[str, "str | None"]
 CompositeGetter = Callable[[_Ctx, Any], list[Parts]]
 
 
@@ -665,26 +641,6 @@ class _Resolver:
         return found
 
 
-@dataclass(frozen=True, slots=True)
-class _Line:
-    values: dict[str, str | None]
-    flags: tuple[str, ...]
-    critical: bool
-    abnormal: bool
-
-    def plain(self) -> dict[str, Any]:
-        return {
-            "code": self.values.get("code"),
-            "text": self.values.get("text"),
-            "value": self.values.get("value"),
-            "units": self.values.get("units"),
-            "reference_range": self.values.get("reference_range"),
-            "flags": list(self.flags),
-            "status": self.values.get("status"),
-            "critical": self.critical,
-        }
-
-
 class FhirMapper:
     """The compiled FHIR mapping files, in the order they are tried."""
 
@@ -794,8 +750,7 @@ class FhirMapper:
         rule = next((r for r in spec.rules if r.when is None or _truthy(r.when(ctx, resource))), None)
         if rule is None:
             return []
-        fallback = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
-        return [self._event(spec, rule, ctx, resource, lines, message_id, source, origin, fallback)]
+        return [self._event(spec, rule, ctx, resource, lines, message_id, source, origin, received_at)]
 
     @staticmethod
     def _unchanged(
@@ -822,11 +777,11 @@ class FhirMapper:
                 resources.append(hit)
         return resources
 
-    def _lines(self, spec: _File, ctx: _Ctx) -> list[_Line]:
+    def _lines(self, spec: _File, ctx: _Ctx) -> list[Observation]:
         lines_spec = spec.lines
         if lines_spec is None:
             return []
-        lines: list[_Line] = []
+        lines: list[Observation] = []
         for element in lines_spec.source(ctx, ctx.env["resource"]):
             if not isinstance(element, dict):
                 continue
@@ -836,7 +791,8 @@ class FhirMapper:
             critical = not upper.isdisjoint(self._critical) or (
                 lines_spec.critical is not None and _truthy(lines_spec.critical(ctx, element))
             )
-            lines.append(_Line(values, flags, critical, critical or not upper.isdisjoint(lines_spec.abnormal_flags)))
+            abnormal = critical or not upper.isdisjoint(lines_spec.abnormal_flags)
+            lines.append(Observation(values, flags, critical, abnormal))
         return lines
 
     def _event(
@@ -845,89 +801,44 @@ class FhirMapper:
         rule: _Rule,
         ctx: _Ctx,
         resource: dict[str, Any],
-        lines: list[_Line],
+        lines: list[Observation],
         message_id: str,
         source: str,
         origin: dict[str, str],
-        fallback_time: datetime,
+        received_at: datetime,
     ) -> ClinicalEvent:
-        # One version of one resource is one fact: at most one event, numbered like the HL7 ones.
-        event_id = f"{message_id}-1"
         severity = next((s for cond, s in rule.severity_rules if _truthy(cond(ctx, resource))), rule.severity)
-        t = {key: getter(ctx, resource) for key, getter in spec.texts.items()}
+        texts = {key: getter(ctx, resource) for key, getter in spec.texts.items()}
         mrn = _one(spec.mrn, ctx, resource)
         identifiers = spec.identifiers(ctx, resource) if spec.identifiers is not None else []
         location = {part: getter(ctx, resource) for part, getter in spec.location.items()}
         prior = {part: getter(ctx, resource) for part, getter in spec.prior_location.items()}
-        patient: dict[str, Any] = {
-            # Identifier.value is what identifies; a system alone names no one.
-            "mrn": mrn if mrn is not None and mrn.get("value") is not None else None,
-            "identifiers": [i for i in identifiers if i.get("value") is not None],
-            "family": t.get("patient.family"),
-            "given": t.get("patient.given"),
-            "birth_date": t.get("patient.birth_date"),
-            "sex": t.get("patient.sex"),
-        }
-        encounter: dict[str, Any] = {
-            "visit_number": t.get("encounter.visit_number"),
-            "patient_class": t.get("encounter.patient_class"),
-            "location": {k: v for k, v in location.items() if v is not None},
-            "prior_location": {k: v for k, v in prior.items() if v is not None} or None,
-            "attending": _one(spec.attending, ctx, resource),
-            "admitted_at": t.get("encounter.admitted_at"),
-            "discharged_at": t.get("encounter.discharged_at"),
-        }
-        subject: dict[str, Any] | None = None
-        if spec.subject_kind is not None:
-            subject = {
-                "kind": spec.subject_kind,
-                "key": t.get("subject.key"),
-                "code": t.get("subject.code"),
-                "text": t.get("subject.text"),
-                "status": t.get("subject.status"),
-                "observations": [line.plain() for line in lines],
-            }
-        occurred = self._occurred(spec, ctx, resource) or fallback_time
-        # The digest covers the clinical content only, as in the HL7 mapper.
-        digest = _digest({"type": rule.type.value, "patient": patient, "encounter": encounter, "subject": subject})
-        mrn_fields: Parts = patient["mrn"] or {}
-        ctx.facts = {
-            "type": rule.type.value,
-            "severity": severity.value,
-            "occurred_at": occurred.isoformat(),
-            "digest": digest,
-            "subject.kind": spec.subject_kind,
-            "subject.key": t.get("subject.key"),
-            "subject.code": t.get("subject.code"),
-            "patient.mrn.value": mrn_fields.get("value"),
-            "patient.mrn.authority": mrn_fields.get("authority"),
-            "patient.mrn.type": mrn_fields.get("type"),
-            "encounter.visit_number": encounter["visit_number"],
-            "encounter.patient_class": encounter["patient_class"],
-            "encounter.location.facility": location.get("facility"),
-            "encounter.location.unit": location.get("unit"),
-        }
-        # Without a resolvable template the keys fall back to this notification only: never a false match.
-        thread_key = _first_rendered(spec.thread_key, ctx, resource) or f"msg:{message_id}"
-        ctx.facts["thread_key"] = thread_key
-        dedup_key = _first_rendered(spec.dedup_key, ctx, resource) or f"{rule.type.value}:{event_id}"
-        links = {name: value for name, getters in rule.links if (value := _first_rendered(getters, ctx, resource))}
-        return ClinicalEvent.model_validate(
-            {
-                "id": event_id,
-                "type": rule.type,
-                "severity": severity,
-                "occurred_at": occurred,
-                "source": source,
-                "patient": patient,
-                "encounter": encounter,
-                "subject": subject,
-                "thread_key": thread_key,
-                "dedup_key": dedup_key,
-                "lifecycle": rule.lifecycle,
-                "links": links,
-                "origin": dict(origin),
-            }
+        found = Found(
+            texts=texts,
+            mrn=mrn,
+            identifiers=identifiers,
+            location={k: v for k, v in location.items() if v is not None},
+            prior_location={k: v for k, v in prior.items() if v is not None} or None,
+            attending=_one(spec.attending, ctx, resource),
+            subject_kind=spec.subject_kind,
+            observations=lines,
+            occurred_at=self._occurred(spec, ctx, resource),
+        )
+        return assemble_event(
+            found,
+            Verdict(rule.type, severity, rule.lifecycle),
+            # One version of one resource is one fact: at most one event, numbered like the HL7 ones.
+            event_id=f"{message_id}-1",
+            message_id=message_id,
+            source=source,
+            origin=origin,
+            received_at=received_at,
+            facts=ctx.facts,
+            thread_key=lambda: _first_rendered(spec.thread_key, ctx, resource),
+            dedup_key=lambda: _first_rendered(spec.dedup_key, ctx, resource),
+            links=lambda: {
+                name: value for name, getters in rule.links if (value := _first_rendered(getters, ctx, resource))
+            },
         )
 
     @staticmethod
