@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import yaml
@@ -49,6 +49,28 @@ class MappingOptions:
 
 
 _DEFAULT_OPTIONS = MappingOptions()
+
+
+def mapping_files(family: Literal["hl7v2", "fhir"], extra_paths: Iterable[Path] = ()) -> list[Path]:
+    """The mapping files of one family, bundled first, then the site's, in the order they are tried.
+
+    The one rule for both families: a file belongs to FHIR when its folder is named
+    ``fhir``, else to HL7 v2. An extra folder named ``fhir`` holds FHIR files; any
+    other extra folder holds HL7 files, plus the bundled layout's ``hl7v2/`` and
+    ``fhir/`` subfolders. An extra file with the name of an earlier one replaces
+    it in place; the others follow in the order given.
+    """
+    paths = {p.name: p for p in sorted((mappings_dir() / family).glob("*.yaml"))}
+    for extra in extra_paths:
+        if extra.is_dir():
+            candidates = [*sorted(extra.glob("*.yaml")), *sorted((extra / family).glob("*.yaml"))]
+        else:
+            candidates = [extra]
+        for p in candidates:
+            if (p.parent.name == "fhir") == (family == "fhir"):
+                # dicts keep insertion order: a known name is replaced in place, a new one appended.
+                paths[p.name] = p
+    return list(paths.values())
 
 
 def mappings_dir() -> Path:
@@ -792,16 +814,9 @@ class Mapper:
         message maps it. Raises MappingError naming the file and JSON path.
         """
         base = mappings_dir()
-        paths = {p.name: p for p in sorted((base / "hl7v2").glob("*.yaml"))}
-        for extra in options.extra_paths:
-            # FHIR mappings (a folder named fhir, or files in one) belong to bridge.fhir.mapping.
-            for p in sorted(extra.glob("*.yaml")) if extra.is_dir() else [extra]:
-                if p.parent.name == "fhir":
-                    continue
-                # dicts keep insertion order: a known name is replaced in place, a new one appended.
-                paths[p.name] = p
+        paths = mapping_files("hl7v2", options.extra_paths)
         schema = base / "schema.json"
-        files = [_compile_file(load_document(p, schema), str(p)) for p in paths.values()]
+        files = [_compile_file(load_document(p, schema), str(p)) for p in paths]
         return cls(files, options)
 
     @classmethod

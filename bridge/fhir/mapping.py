@@ -38,7 +38,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
-from bridge.mapping import MappingOptions, load_document, mappings_dir
+from bridge.mapping import MappingOptions, load_document, mapping_files, mappings_dir
 
 __all__ = ["FhirMapper", "fhir_instant"]
 
@@ -661,25 +661,14 @@ class FhirMapper:
     def load(cls, options: MappingOptions = _DEFAULT_OPTIONS) -> FhirMapper:
         """Load, validate and compile ``mappings/fhir/*.yaml`` and the FHIR files of ``options.extra_paths``.
 
-        An extra folder contributes its ``fhir/*.yaml`` (the bundled layout; its
-        own ``*.yaml`` are HL7 files); an extra file is a FHIR file when its
-        folder is named ``fhir``. An extra file with the same name as a bundled
-        one replaces it in place; others follow in the order given. The first
-        file whose match fits a resource maps it. Raises MappingError naming the
-        file and JSON path.
+        Which extra files are FHIR files is :func:`bridge.mapping.mapping_files`'
+        rule. The first file whose match fits a resource maps it. Raises
+        MappingError naming the file and JSON path.
         """
         base = mappings_dir()
-        paths = {p.name: p for p in sorted((base / "fhir").glob("*.yaml"))}
-        for extra in options.extra_paths:
-            if extra.is_dir():
-                found = sorted((extra / "fhir").glob("*.yaml"))
-            else:
-                found = [extra] if extra.parent.name == "fhir" else []
-            for p in found:
-                # dicts keep insertion order: a known name is replaced in place, a new one appended.
-                paths[p.name] = p
+        paths = mapping_files("fhir", options.extra_paths)
         schema = base / "fhir.schema.json"
-        files = [_compile_file(load_document(p, schema), str(p)) for p in paths.values()]
+        files = [_compile_file(load_document(p, schema), str(p)) for p in paths]
         return cls(files, options)
 
     @classmethod

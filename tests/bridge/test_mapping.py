@@ -827,3 +827,31 @@ def test_a_fhir_mapping_file_among_the_extra_paths_is_left_to_the_fhir_mapper(tm
     (folder / "site-encounter.yaml").write_text("match: {resourceType: Encounter}\n")
     loaded = Mapper.load(MappingOptions(extra_paths=(folder / "site-encounter.yaml", folder)))
     assert all("site-encounter" not in source for source in loaded.sources)
+
+
+@pytest.mark.parametrize(
+    ("extra", "family", "expected"),
+    [
+        ("site", "hl7v2", {"adt-site.yaml", "lab-site.yaml"}),
+        ("site", "fhir", {"encounter-site.yaml"}),
+        # Regression: a folder that is itself named fhir was read by neither loader.
+        ("site/fhir", "fhir", {"encounter-site.yaml"}),
+        ("site/fhir", "hl7v2", set()),
+        ("site/fhir/encounter-site.yaml", "fhir", {"encounter-site.yaml"}),
+        ("site/fhir/encounter-site.yaml", "hl7v2", set()),
+        ("site/adt-site.yaml", "hl7v2", {"adt-site.yaml"}),
+        ("site/adt-site.yaml", "fhir", set()),
+    ],
+)
+def test_one_rule_decides_which_extra_mapping_files_are_hl7_and_which_fhir(
+    tmp_path: Path, extra: str, family: str, expected: set[str]
+) -> None:
+    from bridge.mapping import mapping_files
+
+    for name in ("site/adt-site.yaml", "site/hl7v2/lab-site.yaml", "site/fhir/encounter-site.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    files = mapping_files(family, [tmp_path / extra])  # type: ignore[arg-type]
+    site = {p.name for p in files if tmp_path in p.parents}
+    assert site == expected
+    assert len(files) - len(site) == len(list((mappings_dir() / family).glob("*.yaml")))
