@@ -54,6 +54,9 @@ class StoreConfig(_Section):
     #: A delivery in flight longer than this is handed out again (its worker died mid-send); keep it
     #: above every channel's send timeout, or slow sends are sent twice.
     lease_seconds: float = Field(300.0, gt=0)
+    #: Durability of each commit. FULL: on disk (fsync) before the ACK, survives power loss. NORMAL: fsync at
+    #: WAL checkpoints only; faster, and a power loss or OS crash can lose the last ACKed messages.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
 class HttpConfig(_Section):

@@ -62,7 +62,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SQLiteStore(settings.store.path, lease_seconds=settings.store.lease_seconds)
+        self.store = SQLiteStore(
+            settings.store.path, lease_seconds=settings.store.lease_seconds, synchronous=settings.store.synchronous
+        )
         self.mapper = Mapper.load(
             MappingOptions(
                 critical_flags=frozenset(settings.mapping.critical_flags),

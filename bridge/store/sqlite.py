@@ -197,11 +197,18 @@ class _Job:
     future: concurrent.futures.Future[Any]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+#: ``PRAGMA synchronous`` values the store accepts (WAL mode).
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+
+
+def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: the commit is on disk before the ACK leaves; NORMAL could lose the last transactions on power loss.
-    conn.execute("PRAGMA synchronous=FULL")
+    # FULL: each commit is fsynced before the ACK leaves. NORMAL (in WAL) fsyncs only at checkpoints:
+    # after a power loss or OS crash the last ACKed messages can be gone (a process crash loses nothing).
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
@@ -212,16 +219,17 @@ class _Writer(threading.Thread):
 
     max_batch = 512
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         super().__init__(name="ehr-bridge-sqlite-writer", daemon=True)
         self.path = path
+        self.synchronous = synchronous
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.ready = concurrent.futures.Future[None]()
         self.commits = 0
 
     def run(self) -> None:
         try:
-            conn = _connect(self.path)
+            conn = _connect(self.path, self.synchronous)
             _migrate(conn)
         except Exception as exc:  # boundary: report to the opener, not the thread's excepthook
             self.ready.set_exception(StoreError(f"cannot open SQLite store: {exc}"))
@@ -327,14 +335,19 @@ class SQLiteStore:
 
     ``lease_seconds`` bounds how long a claimed delivery may stay in flight
     without an outcome recorded (the worker's store write failed); after that
-    the next claim of its channel hands it out again.
+    the next claim of its channel hands it out again. ``synchronous`` is the
+    durability of a commit: ``FULL`` (default) survives power loss, ``NORMAL``
+    survives a crash of the process only (see the README's performance section).
     """
 
-    def __init__(self, path: Path | str, *, lease_seconds: float = 300.0) -> None:
+    def __init__(self, path: Path | str, *, lease_seconds: float = 300.0, synchronous: str = "FULL") -> None:
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         self.path = Path(path)
         self.lease_seconds = lease_seconds
+        self.synchronous = synchronous
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
@@ -346,7 +359,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _Writer(self.path)
+        writer = _Writer(self.path, self.synchronous)
         writer.start()
         await asyncio.wrap_future(writer.ready)
         self._writer = writer

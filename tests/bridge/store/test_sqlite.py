@@ -962,3 +962,19 @@ async def test_subscription_progress_commits_with_the_events_and_never_goes_back
     assert (state.status, state.last_seen_at, state.last_event_number) == ("active", 123.0, 7)
     with pytest.raises(ValueError):
         await store.record_subscription("enc", last_event_number=1)
+
+
+@pytest.mark.parametrize("mode, pragma", [("FULL", 2), ("NORMAL", 1)])
+async def test_synchronous_setting_reaches_the_writer(tmp_path: Path, mode: str, pragma: int) -> None:
+    store = SQLiteStore(tmp_path / "s.db", synchronous=mode)
+    await store.open()
+    try:
+        level = await store._write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        assert level == pragma
+    finally:
+        await store.close()
+
+
+def test_unknown_synchronous_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "s.db", synchronous="OFF")
