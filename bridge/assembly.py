@@ -166,6 +166,10 @@ def assemble_event(
             "status": t.get("subject.status"),
             "observations": [o.plain() for o in found.observations],
         }
+        # Added in catalogue v1: present only when set, so digests of earlier events stay as they were.
+        for key in ("start", "end", "detail"):
+            if (value := t.get(f"subject.{key}")) is not None:
+                subject[key] = value
     fallback_time = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
     occurred = found.occurred_at or fallback_time
     event_type = verdict.type.value

@@ -137,12 +137,7 @@ def map_(files: list[Path], config: ConfigOption = None) -> None:
     from bridge.mapping import Mapper, MappingOptions
 
     settings = _settings(config)
-    mapper = Mapper.load(
-        MappingOptions(
-            critical_flags=frozenset(settings.mapping.critical_flags),
-            extra_paths=tuple(settings.mapping.extra_paths),
-        )
-    )
+    mapper = Mapper.load(MappingOptions.from_config(settings.mapping))
     out: list[dict[str, Any]] = []
     now = datetime.now(UTC)
     for path in files:

@@ -146,8 +146,12 @@ class DeliveryConfig(_Section):
 class MappingConfig(_Section):
     #: OBX-8 flags that make a result critical (Table 0078; add LU, HU, <, > if your site uses them).
     critical_flags: list[str] = Field(default_factory=lambda: ["HH", "LL", "AA"])
-    #: Extra folders or files of mapping YAML, applied after the bundled ones.
+    #: Extra folders or files of mapping YAML, applied after the bundled ones. A file with ``extends: adt.yaml``
+    #: is layered over that file (see docs/configuration.md); another file of the same name replaces it.
     extra_paths: list[Path] = Field(default_factory=list)
+    #: Assigning authorities of this site's MRNs (HL7 CX-4.1, FHIR Identifier.system), most preferred first:
+    #: picks the MRN when PID-3 carries MR identifiers of several authorities.
+    mrn_authorities: list[str] = Field(default_factory=list)
 
 
 class FhirAuthConfig(_Section):

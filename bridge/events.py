@@ -35,42 +35,69 @@ SCHEMA_VERSION = "1"
 
 
 class EventType(StrEnum):
-    """The event catalogue. Names are ``noun.past_participle``."""
+    """The event catalogue (``mappings/catalogue.yaml`` documents each type). Names are ``noun.past_participle``.
 
-    #: ADT^A01: inpatient admitted.
+    The sources named here are the usual ones; the mapping files are the truth.
+    """
+
+    #: ADT^A28 (FHIR Patient created): a person is known to the hospital, no visit yet.
+    PATIENT_REGISTERED = "patient.registered"
+    #: ADT^A31: a person's demographics changed outside a visit.
+    PATIENT_UPDATED = "patient.updated"
+    #: ADT^A40 (FHIR Patient link, ISiK patient merge): two identities merged; links name both.
+    PATIENT_MERGED = "patient.merged"
+    #: ADT^A05 (FHIR Encounter planned): a bed or visit is planned before the patient arrives.
+    ENCOUNTER_PREADMITTED = "encounter.preadmitted"
+    #: ADT^A01, A06 (FHIR Encounter in-progress, inpatient): inpatient admitted.
     ENCOUNTER_ADMITTED = "encounter.admitted"
-    #: ADT^A04: outpatient or emergency visit registered.
-    ENCOUNTER_REGISTERED = "encounter.registered"
-    #: ADT^A02: patient transferred to another location.
+    #: ADT^A04, A10 (FHIR Encounter arrived / in-progress, not inpatient): the patient arrived for a visit.
+    ENCOUNTER_ARRIVED = "encounter.arrived"
+    #: ADT^A02, A07, A17 (FHIR Encounter location changed): the patient moved.
     ENCOUNTER_TRANSFERRED = "encounter.transferred"
-    #: ADT^A03: patient discharged / visit ended.
+    #: ADT^A03 (FHIR Encounter finished): discharged / visit ended.
     ENCOUNTER_DISCHARGED = "encounter.discharged"
+    #: ADT^A11, A12, A13, A38, A52, A53 (FHIR Encounter cancelled / entered-in-error): strikes what it cancels.
+    ENCOUNTER_CANCELLED = "encounter.cancelled"
+    #: ADT^A21 (leaves; lifecycle new), A22 (returns; lifecycle update, a reply in the thread).
+    ENCOUNTER_LEAVE_OF_ABSENCE = "encounter.leave_of_absence"
     #: ADT^A08: patient or visit information updated (high volume; usually not routed).
     ENCOUNTER_UPDATED = "encounter.updated"
-    #: ADT^A11: admission or registration cancelled; strikes the admitted or registered post.
-    ADMISSION_CANCELLED = "encounter.admission_cancelled"
-    #: ADT^A12: transfer cancelled; strikes the transferred post.
-    TRANSFER_CANCELLED = "encounter.transfer_cancelled"
-    #: ADT^A13: discharge cancelled; strikes the discharged post.
-    DISCHARGE_CANCELLED = "encounter.discharge_cancelled"
     #: ORU^R01 with a critical abnormal flag (OBX-8 HH, LL, AA, ...): needs a human.
     RESULT_CRITICAL = "result.critical"
     #: ORU^R01, final results (OBX-11/OBR-25 F).
     RESULT_FINAL = "result.final"
     #: ORU^R01, preliminary results (OBX-11/OBR-25 P, I, R, ...).
     RESULT_PRELIMINARY = "result.preliminary"
-    #: ORU^R01 with OBX-11 C: a correction that edits the original post.
+    #: ORU^R01 with OBX-11 C (DiagnosticReport corrected/amended): edits the original post.
     RESULT_CORRECTED = "result.corrected"
-    #: ORM^O01 / OML^O21 with ORC-1 NW: order placed.
+    #: ORU^R01 with OBX-11 W or every line D (DiagnosticReport entered-in-error): strikes the original post.
+    RESULT_RETRACTED = "result.retracted"
+    #: ORM^O01 / OML^O21 ORC-1 NW (ServiceRequest active): order placed.
     ORDER_PLACED = "order.placed"
-    #: ORM^O01 / OML^O21 with ORC-1 CA/OC: order cancelled; strikes the placed post.
+    #: ORC-1 XO / XX, or SC to a non-final status: the order changed; edits the placed post.
+    ORDER_CHANGED = "order.changed"
+    #: ORC-1 CA, OC, CR, DC, OD, DR (ServiceRequest revoked / entered-in-error): strikes the placed post.
     ORDER_CANCELLED = "order.cancelled"
-    #: FHIR Appointment booked (SIU^S12).
+    #: ORC-1 SC with ORC-5 CM (ServiceRequest completed): the order is done; a reply in the thread.
+    ORDER_COMPLETED = "order.completed"
+    #: SIU^S12 (FHIR Appointment booked).
     APPOINTMENT_BOOKED = "appointment.booked"
-    #: FHIR Appointment cancelled (SIU^S15); strikes the booked post.
+    #: SIU^S13: a new time; edits the booked post.
+    APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
+    #: SIU^S14: other details changed; edits the booked post.
+    APPOINTMENT_MODIFIED = "appointment.modified"
+    #: SIU^S15, S16, S17 (FHIR Appointment cancelled): strikes the booked post.
     APPOINTMENT_CANCELLED = "appointment.cancelled"
-    #: Two patient identities merged (ADT^A40, FHIR Patient link / ISiK patient merge); names both.
-    PATIENT_MERGED = "patient.merged"
+    #: SIU^S26 (FHIR Appointment noshow): the patient did not come; a reply in the thread.
+    APPOINTMENT_NOSHOW = "appointment.noshow"
+    #: MDM^T01-T04 (FHIR DocumentReference current): a clinical document is available.
+    DOCUMENT_AVAILABLE = "document.available"
+    #: MDM^T05-T10 (addendum, edit, replacement): edits the post of the document it amends.
+    DOCUMENT_AMENDED = "document.amended"
+    #: MDM^T11 (FHIR DocumentReference entered-in-error): strikes the document's post.
+    DOCUMENT_CANCELLED = "document.cancelled"
+    #: RDE^O11 ORC-1 NW (FHIR MedicationRequest active): a medication was ordered.
+    MEDICATION_ORDERED = "medication.ordered"
     #: A FHIR subscription went silent beyond twice its heartbeat period: events may be missed.
     SUBSCRIPTION_STALE = "bridge.subscription.stale"
     #: The FHIR server reports a subscription in error: it must be reactivated.
@@ -189,10 +216,12 @@ class Observation(_Model):
 
 
 class Subject(_Model):
-    """What the event is about: a result report, an order, the encounter itself.
+    """What the event is about: a result report, an order, an appointment, a document, the encounter itself.
 
     ``key`` identifies the subject across events (e.g. the filler order number
     of a report), so a correction or cancellation can find the original post.
+    ``kind`` is one of encounter, patient, result, order, medication,
+    appointment, document.
     """
 
     kind: str
@@ -200,6 +229,11 @@ class Subject(_Model):
     code: str | None = None
     text: str | None = None
     status: str | None = None
+    #: When it is planned to start and end (appointments): ISO 8601, naive is the sender's local time.
+    start: str | None = None
+    end: str | None = None
+    #: One short qualifier a clinician needs beside the name: dose and route of a medication, a document's title.
+    detail: str | None = None
     observations: tuple[Observation, ...] = ()
 
 

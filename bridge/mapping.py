@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 
 from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
+from bridge.config import MappingConfig
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
 from bridge.hl7.reader import Delimiters, Message, Segment, unescape
@@ -34,6 +35,7 @@ __all__ = [
     "hl7_datetime",
     "hl7_timestamp",
     "load_document",
+    "load_mappings",
     "mappings_dir",
 ]
 
@@ -46,31 +48,99 @@ class MappingOptions:
     critical_flags: frozenset[str] = frozenset({"HH", "LL", "AA"})
     #: Extra mapping files or folders of ``*.yaml``, after the bundled ones (see :meth:`Mapper.load`).
     extra_paths: tuple[Path, ...] = ()
+    #: Assigning authorities (HL7 CX-4.1; FHIR Identifier.system) of this site's MRNs, preferred in that order
+    #: when a patient carries MRs of several authorities (a repetition choice with ``authority``).
+    mrn_authorities: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: MappingConfig) -> MappingOptions:
+        return cls(
+            critical_flags=frozenset(cfg.critical_flags),
+            extra_paths=tuple(cfg.extra_paths),
+            mrn_authorities=tuple(cfg.mrn_authorities),
+        )
 
 
 _DEFAULT_OPTIONS = MappingOptions()
 
 
-def mapping_files(family: Literal["hl7v2", "fhir"], extra_paths: Iterable[Path] = ()) -> list[Path]:
-    """The mapping files of one family, bundled first, then the site's, in the order they are tried.
+def _extra_files(family: Literal["hl7v2", "fhir"], extra_paths: Iterable[Path]) -> list[Path]:
+    """The site's mapping files of one family, in the order given (folders by file name).
 
     The one rule for both families: a file belongs to FHIR when its folder is named
     ``fhir``, else to HL7 v2. An extra folder named ``fhir`` holds FHIR files; any
     other extra folder holds HL7 files, plus the bundled layout's ``hl7v2/`` and
-    ``fhir/`` subfolders. An extra file with the name of an earlier one replaces
-    it in place; the others follow in the order given.
+    ``fhir/`` subfolders.
     """
-    paths = {p.name: p for p in sorted((mappings_dir() / family).glob("*.yaml"))}
+    found: list[Path] = []
     for extra in extra_paths:
         if extra.is_dir():
             candidates = [*sorted(extra.glob("*.yaml")), *sorted((extra / family).glob("*.yaml"))]
         else:
             candidates = [extra]
-        for p in candidates:
-            if (p.parent.name == "fhir") == (family == "fhir"):
-                # dicts keep insertion order: a known name is replaced in place, a new one appended.
-                paths[p.name] = p
-    return list(paths.values())
+        found.extend(p for p in candidates if (p.parent.name == "fhir") == (family == "fhir"))
+    return found
+
+
+def load_mappings(
+    family: Literal["hl7v2", "fhir"], extra_paths: Iterable[Path], schema_path: Path
+) -> list[tuple[str, Any]]:
+    """(source, validated document) of every mapping file of one family, in the order they are tried.
+
+    Bundled files come first, by file name. A site file is then one of three things:
+
+    * an **overlay**, when it has ``extends: <file name>``: it is layered over that
+      earlier file in place, so a site changes a built-in mapping without copying it.
+      Mappings merge key by key, recursively; a list or a value replaces the one
+      below; ``null`` removes a key; ``rules_first`` is a list of rules tried before
+      the file's own rules (e.g. to silence one trigger, or map a Z-segment);
+    * a **replacement**, when it has the name of an earlier file and no ``extends``;
+    * a **new file**, tried after the others.
+
+    Every resulting document is validated against ``schema_path``. Raises
+    MappingError naming the file (for an overlay, the overlay) and the JSON path.
+    """
+    schema = _read_schema(schema_path)
+    docs: dict[str, tuple[str, Any]] = {}
+    for p in sorted((mappings_dir() / family).glob("*.yaml")):
+        docs[p.name] = (str(p), _read_yaml(p))
+    for p in _extra_files(family, extra_paths):
+        doc = _read_yaml(p)
+        base_name = doc.get("extends") if isinstance(doc, dict) else None
+        if base_name is None:
+            docs[p.name] = (str(p), doc)
+            continue
+        if not isinstance(base_name, str) or base_name not in docs:
+            known = ", ".join(sorted(docs))
+            raise MappingError(
+                f"extends {base_name!r}, which is not a mapping file loaded before it (known: {known})",
+                source=str(p),
+                path="$.extends",
+            )
+        rules_first = doc.get("rules_first", [])
+        if not isinstance(rules_first, list):
+            raise MappingError("rules_first must be a list of rules", source=str(p), path="$.rules_first")
+        overlay = {k: v for k, v in doc.items() if k not in ("extends", "rules_first")}
+        merged = _layer(docs[base_name][1], overlay)
+        if rules_first and isinstance(merged, dict):
+            merged["rules"] = [*rules_first, *(merged.get("rules") or [])]
+        docs[base_name] = (str(p), merged)
+    for source, doc in docs.values():
+        _validate(doc, schema, source)
+    return list(docs.values())
+
+
+def _layer(base: Any, overlay: Any) -> Any:
+    """``overlay`` merged over ``base``: mappings key by key, recursively; anything else replaced; None removes."""
+    if not isinstance(base, dict) or not isinstance(overlay, dict):
+        return overlay
+    merged = dict(base)
+    for key, value in overlay.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _layer(base.get(key), value)
+    return merged
 
 
 def mappings_dir() -> Path:
@@ -85,23 +155,34 @@ def load_document(path: Path, schema_path: Path) -> Any:
 
     Raises MappingError naming the file and the JSON path of the first problem.
     """
+    doc = _read_yaml(path)
+    _validate(doc, _read_schema(schema_path), str(path))
+    return doc
+
+
+def _read_schema(schema_path: Path) -> Any:
     try:
-        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+        return json.loads(schema_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MappingError(f"cannot read schema: {exc}", source=str(schema_path)) from exc
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise MappingError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise MappingError(f"not valid YAML: {exc}", source=str(path), path=where) from exc
+
+
+def _validate(doc: Any, schema: Any, source: str) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
-        raise MappingError(error.message, source=str(path), path=error.json_path)
-    return doc
+        raise MappingError(error.message, source=source, path=error.json_path)
 
 
 # --- HL7 dates and times (DTM/TS: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]) -------------------
@@ -179,10 +260,18 @@ def hl7_datetime(text: str) -> str:
 class _Ctx:
     """What compiled getters read: the message, the segments in scope, the current item and facts so far."""
 
-    __slots__ = ("fields", "group", "item", "item_name", "message", "observations", "scope", "trigger")
+    __slots__ = ("authorities", "fields", "group", "item", "item_name", "message", "observations", "scope", "trigger")
 
-    def __init__(self, message: Message, trigger: str, scope: dict[str, Segment], group: int) -> None:
+    def __init__(
+        self,
+        message: Message,
+        trigger: str,
+        scope: dict[str, Segment],
+        group: int,
+        authorities: tuple[str, ...] = (),
+    ) -> None:
         self.message = message
+        self.authorities = authorities
         self.trigger = trigger
         self.scope = scope
         self.group = group
@@ -415,10 +504,13 @@ class _Compiler:
         if choice == "all" and fixed is not None:
             raise self.fail(f"{where}.field", "'repetition: all' reads every repetition; the field must not name one")
         where_part: tuple[int, int] | None = None
+        authority_part: tuple[int, int] | None = None
         wanted: frozenset[str] = frozenset()
         if isinstance(choice, dict):
             where_part = self.part(choice["where"], f"{where}.repetition.where", datatype)
             wanted = frozenset(choice["in"])
+            if "authority" in choice:
+                authority_part = self.part(choice["authority"], f"{where}.repetition.authority", datatype)
 
         def read(raw: str, d: Delimiters, encoding: str) -> dict[str, str | None] | None:
             comps = raw.split(d.component)
@@ -441,11 +533,19 @@ class _Compiler:
                 return [v for v in found if v is not None]
             if where_part is not None:
                 c, s = where_part
-                for raw in reps:
-                    if _leaf(raw.split(d.component), c, s, d, encoding) in wanted:
-                        hit = read(raw, d, encoding)
-                        if hit is not None:
-                            return [hit]
+                qualified = [raw for raw in reps if _leaf(raw.split(d.component), c, s, d, encoding) in wanted]
+                if authority_part is not None and ctx.authorities and len(qualified) > 1:
+                    # Several MRs: the site's own authorities first, in the order configured.
+                    ac, asub = authority_part
+                    rank = {a: i for i, a in enumerate(ctx.authorities)}
+                    last = len(rank)
+                    qualified.sort(
+                        key=lambda raw: rank.get(_leaf(raw.split(d.component), ac, asub, d, encoding) or "", last)
+                    )
+                for raw in qualified:
+                    hit = read(raw, d, encoding)
+                    if hit is not None:
+                        return [hit]
             # No repetition qualifies (or none is asked for): the first one that has a value.
             for raw in reps:
                 first = read(raw, d, encoding)
@@ -684,7 +784,7 @@ def _compile_file(doc: dict[str, Any], source: str) -> _File:
     subject = doc.get("subject")
     if subject is not None:
         compiled.subject_kind = subject["kind"]
-        for key in ("key", "code", "text", "status"):
+        for key in ("key", "code", "text", "status", "start", "end", "detail"):
             if key in subject:
                 compiled.texts[f"subject.{key}"] = c.text(subject[key], f"$.subject.{key}")
     observations = doc.get("observations")
@@ -808,16 +908,12 @@ class Mapper:
     def load(cls, options: MappingOptions = _DEFAULT_OPTIONS) -> Mapper:
         """Load, validate and compile the bundled mappings and ``options.extra_paths``.
 
-        Order: bundled files by file name; an extra file with the same file name
-        as a bundled one replaces it in place; other extra files follow, in the
-        order given (folders by file name). The first file whose match fits a
-        message maps it. Raises MappingError naming the file and JSON path.
+        Order, overlays and replacements: :func:`load_mappings`. The first file
+        whose match fits a message maps it. Raises MappingError naming the file
+        and JSON path.
         """
-        base = mappings_dir()
-        paths = mapping_files("hl7v2", options.extra_paths)
-        schema = base / "schema.json"
-        files = [_compile_file(load_document(p, schema), str(p)) for p in paths]
-        return cls(files, options)
+        docs = load_mappings("hl7v2", options.extra_paths, mappings_dir() / "schema.json")
+        return cls([_compile_file(doc, source) for source, doc in docs], options)
 
     @classmethod
     def from_documents(
@@ -852,7 +948,7 @@ class Mapper:
         events: list[ClinicalEvent] = []
         trigger = message.trigger
         for index, (scope, items) in enumerate(_units(message, spec), start=1):
-            ctx = _Ctx(message, trigger, scope, index)
+            ctx = _Ctx(message, trigger, scope, index, self._options.mrn_authorities)
             event = self._event(
                 spec,
                 ctx,

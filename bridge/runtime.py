@@ -65,12 +65,7 @@ class Runtime:
         self.store = SQLiteStore(
             settings.store.path, lease_seconds=settings.store.lease_seconds, synchronous=settings.store.synchronous
         )
-        self.mapper = Mapper.load(
-            MappingOptions(
-                critical_flags=frozenset(settings.mapping.critical_flags),
-                extra_paths=tuple(settings.mapping.extra_paths),
-            )
-        )
+        self.mapper = Mapper.load(MappingOptions.from_config(settings.mapping))
         self.templates = Templates.load()
         self.router = Router.from_config(settings.routes)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
@@ -99,12 +94,7 @@ class Runtime:
             self.fhir = FhirIntake(
                 settings,
                 self.store,
-                FhirMapper.load(
-                    MappingOptions(
-                        critical_flags=frozenset(settings.mapping.critical_flags),
-                        extra_paths=tuple(settings.mapping.extra_paths),
-                    )
-                ),
+                FhirMapper.load(MappingOptions.from_config(settings.mapping)),
                 self.router,
                 {name: FhirClient(cfg, self.http) for name, cfg in settings.fhir.servers.items()},
                 on_commit=self.dispatcher.wake,

@@ -38,7 +38,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
-from bridge.mapping import MappingOptions, load_document, mapping_files, mappings_dir
+from bridge.mapping import MappingOptions, load_mappings, mappings_dir
 
 __all__ = ["FhirMapper", "fhir_instant"]
 
@@ -560,7 +560,7 @@ def _compile_file(doc: dict[str, Any], source: str) -> _File:
     subject = doc.get("subject")
     if subject is not None:
         compiled.subject_kind = subject["kind"]
-        for key in ("key", "code", "text", "status"):
+        for key in ("key", "code", "text", "status", "start", "end", "detail"):
             if key in subject:
                 compiled.texts[f"subject.{key}"] = c.value(subject[key], f"$.subject.{key}", all_names)
     observations = doc.get("observations")
@@ -661,15 +661,13 @@ class FhirMapper:
     def load(cls, options: MappingOptions = _DEFAULT_OPTIONS) -> FhirMapper:
         """Load, validate and compile ``mappings/fhir/*.yaml`` and the FHIR files of ``options.extra_paths``.
 
-        Which extra files are FHIR files is :func:`bridge.mapping.mapping_files`'
+        Which extra files are FHIR files, and how overlays layer, is :func:`bridge.mapping.load_mappings`'
         rule. The first file whose match fits a resource maps it. Raises
         MappingError naming the file and JSON path.
         """
         base = mappings_dir()
-        paths = mapping_files("fhir", options.extra_paths)
-        schema = base / "fhir.schema.json"
-        files = [_compile_file(load_document(p, schema), str(p)) for p in paths]
-        return cls(files, options)
+        docs = load_mappings("fhir", options.extra_paths, base / "fhir.schema.json")
+        return cls([_compile_file(doc, source) for source, doc in docs], options)
 
     @classmethod
     def from_documents(

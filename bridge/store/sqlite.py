@@ -854,7 +854,7 @@ def _original_ref(conn: sqlite3.Connection, channel: str, event: ClinicalEvent, 
     """The external id of the post a correction or cancellation refers to, in this channel.
 
     ``links.corrects`` names a subject key; ``links.cancels`` names either event types,
-    comma-separated (A11 cancels ``encounter.admitted`` or ``encounter.registered`` of the
+    comma-separated (A11 cancels ``encounter.admitted`` or ``encounter.arrived`` of the
     thread, whichever was posted), or a subject key (a withdrawn result). A value that is
     not made of event types only is a subject key, commas and all.
     """

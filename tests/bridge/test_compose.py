@@ -135,7 +135,7 @@ def test_keys_below_full_are_stable_pseudonyms_without_identifiers(
 
 
 def test_links_naming_an_event_type_stay_readable(events: dict[str, ClinicalEvent]) -> None:
-    assert redact(events["ADT^A11"], PhiLevel.NONE).links == {"cancels": "encounter.admitted,encounter.registered"}
+    assert redact(events["ADT^A11"], PhiLevel.NONE).links == {"cancels": "encounter.admitted,encounter.arrived"}
 
 
 # --- compose --------------------------------------------------------------------------------------

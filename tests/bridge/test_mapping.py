@@ -78,26 +78,26 @@ def one(mapper: Mapper, message: Message) -> ClinicalEvent:
         ("A01", EventType.ENCOUNTER_ADMITTED, Severity.NOTICE, Lifecycle.NEW, {}),
         ("A02", EventType.ENCOUNTER_TRANSFERRED, Severity.NOTICE, Lifecycle.NEW, {}),
         ("A03", EventType.ENCOUNTER_DISCHARGED, Severity.NOTICE, Lifecycle.NEW, {}),
-        ("A04", EventType.ENCOUNTER_REGISTERED, Severity.NOTICE, Lifecycle.NEW, {}),
+        ("A04", EventType.ENCOUNTER_ARRIVED, Severity.NOTICE, Lifecycle.NEW, {}),
         ("A08", EventType.ENCOUNTER_UPDATED, Severity.INFO, Lifecycle.NEW, {}),
         (
             "A11",
-            EventType.ADMISSION_CANCELLED,
+            EventType.ENCOUNTER_CANCELLED,
             Severity.NOTICE,
             Lifecycle.CANCEL,
             # A11 cancels the admit/visit notification: an admission (A01) or a registration (A04).
-            {"cancels": "encounter.admitted,encounter.registered"},
+            {"cancels": "encounter.admitted,encounter.arrived"},
         ),
         (
             "A12",
-            EventType.TRANSFER_CANCELLED,
+            EventType.ENCOUNTER_CANCELLED,
             Severity.NOTICE,
             Lifecycle.CANCEL,
             {"cancels": "encounter.transferred"},
         ),
         (
             "A13",
-            EventType.DISCHARGE_CANCELLED,
+            EventType.ENCOUNTER_CANCELLED,
             Severity.NOTICE,
             Lifecycle.CANCEL,
             {"cancels": "encounter.discharged"},
@@ -362,11 +362,11 @@ def oru(*groups: str, control: str = "LAB1") -> Message:
         ),
         ([("K", "4.0", "N", "C")], "F", EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CORRECT),
         ([("K", "6.9", "HH", "C")], "C", EventType.RESULT_CORRECTED, Severity.CRITICAL, Lifecycle.CORRECT),
-        ([("K", "4.0", "N", "W")], "F", EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CANCEL),
+        ([("K", "4.0", "N", "W")], "F", EventType.RESULT_RETRACTED, Severity.NOTICE, Lifecycle.CANCEL),
         (
             [("K", "", "", "D"), ("NA", "", "", "D")],
             "",
-            EventType.RESULT_CORRECTED,
+            EventType.RESULT_RETRACTED,
             Severity.NOTICE,
             Lifecycle.CANCEL,
         ),
@@ -693,6 +693,7 @@ def test_unmapped_message_types_yield_nothing(mapper: Mapper, message_type: str)
 
 
 def write(path: Path, doc: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
 
@@ -707,7 +708,8 @@ def test_extra_file_with_a_bundled_name_replaces_it(tmp_path: Path) -> None:
     doc = bundled("adt.yaml")
     doc["rules"] = [{"when": {"trigger": ["A01"]}, "type": "encounter.admitted", "severity": "warning"}]
     site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),)))
-    assert [Path(s).name for s in site.sources] == ["adt.yaml", "orders.yaml", "oru.yaml"]
+    assert [Path(s).name for s in site.sources] == [Path(s).name for s in Mapper.load().sources]
+    assert str(tmp_path / "adt.yaml") in site.sources
     assert one(site, adt("A01", PID, PV1)).severity is Severity.WARNING
     assert run(site, adt("A03", PID, PV1)) == []
 
@@ -846,12 +848,81 @@ def test_a_fhir_mapping_file_among_the_extra_paths_is_left_to_the_fhir_mapper(tm
 def test_one_rule_decides_which_extra_mapping_files_are_hl7_and_which_fhir(
     tmp_path: Path, extra: str, family: str, expected: set[str]
 ) -> None:
-    from bridge.mapping import mapping_files
+    from bridge.mapping import _extra_files
 
     for name in ("site/adt-site.yaml", "site/hl7v2/lab-site.yaml", "site/fhir/encounter-site.yaml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}\n")
-    files = mapping_files(family, [tmp_path / extra])  # type: ignore[arg-type]
-    site = {p.name for p in files if tmp_path in p.parents}
-    assert site == expected
-    assert len(files) - len(site) == len(list((mappings_dir() / family).glob("*.yaml")))
+    files = _extra_files(family, [tmp_path / extra])  # type: ignore[arg-type]
+    assert {p.name for p in files} == expected
+
+
+# --- site layering and the site's MRN authorities -----------------------------------------------------
+
+PID_TWO_MRS = "PID|1||111^^^OTHERHOSP^MR~222^^^TESTHOSP^MR~333^^^LAB^PI||Testpatient^Alpha"
+
+
+@pytest.mark.parametrize(
+    ("authorities", "expected"),
+    [
+        ((), "111"),  # no site setting: the first MR
+        (("TESTHOSP",), "222"),
+        (("NOWHERE", "OTHERHOSP"), "111"),
+        (("NOWHERE",), "111"),  # none of the site's: the first MR still
+        (("LAB",), "111"),  # an authority of a non-MR identifier never makes it the MRN
+    ],
+)
+def test_mrn_is_the_mr_of_the_sites_authority(authorities: tuple[str, ...], expected: str) -> None:
+    mapper = Mapper.load(MappingOptions(mrn_authorities=authorities))
+    event = one(mapper, adt("A01", PID_TWO_MRS, PV1))
+    assert event.patient.mrn is not None
+    assert event.patient.mrn.value == expected
+
+
+def test_overlay_changes_one_part_of_a_bundled_file_without_copying_it(tmp_path: Path) -> None:
+    # The site reads the visit number from PV1-50 (alternate visit ID) and silences A08.
+    write(
+        tmp_path / "site" / "adt.yaml",
+        {
+            "extends": "adt.yaml",
+            "encounter": {"visit_number": "PV1-50.1"},
+            "rules_first": [{"when": {"trigger": ["A08"]}, "type": "encounter.updated", "severity": "info"}],
+        },
+    )
+    mapper = Mapper.load(MappingOptions(extra_paths=(tmp_path / "site",)))
+    pv1 = PV1 + "|" * 5 + "ALT9"
+    event = one(mapper, adt("A01", PID, pv1))
+    assert event.encounter.visit_number == "ALT9"
+    # Everything else is the bundled file's: the MRN, the location, the rule for A01.
+    assert event.type is EventType.ENCOUNTER_ADMITTED
+    assert event.patient.mrn is not None and event.patient.mrn.value == "12345"
+    assert event.encounter.location.unit == "4E"
+    assert one(mapper, adt("A08", PID, pv1)).severity is Severity.INFO
+    assert mapper.sources.count(str(tmp_path / "site" / "adt.yaml")) == 1
+    assert len(mapper.sources) == len(Mapper.load().sources)
+
+
+def test_overlay_null_removes_a_key(tmp_path: Path) -> None:
+    write(tmp_path / "no-prior.yaml", {"extends": "adt.yaml", "encounter": {"prior_location": None}})
+    mapper = Mapper.load(MappingOptions(extra_paths=(tmp_path / "no-prior.yaml",)))
+    assert one(mapper, adt("A02", PID, PV1)).encounter.prior_location is None
+    assert one(Mapper.load(), adt("A02", PID, PV1)).encounter.prior_location is not None
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "message"),
+    [
+        ({"extends": "nosuch.yaml"}, "$.extends", "not a mapping file loaded before it"),
+        ({"extends": "adt.yaml", "rules_first": {"type": "x"}}, "$.rules_first", "must be a list"),
+        ({"extends": "adt.yaml", "for_each": "each"}, "$.for_each", ""),
+    ],
+)
+def test_bad_overlay_names_the_overlay_and_the_place(
+    tmp_path: Path, doc: dict[str, Any], path: str, message: str
+) -> None:
+    overlay = write(tmp_path / "bad.yaml", doc)
+    with pytest.raises(MappingError) as err:
+        Mapper.load(MappingOptions(extra_paths=(overlay,)))
+    assert err.value.source == str(overlay)
+    assert err.value.path == path
+    assert message in str(err.value)

@@ -33,7 +33,7 @@ def encounter(
         pytest.param({"types": ["encounter.admitted"]}, {"type": EventType.ENCOUNTER_ADMITTED}, True, id="exact-type"),
         pytest.param(
             {"types": ["encounter.admitted"]},
-            {"type": EventType.ADMISSION_CANCELLED},
+            {"type": EventType.ENCOUNTER_CANCELLED},
             False,
             id="exact-type-is-not-a-prefix",
         ),

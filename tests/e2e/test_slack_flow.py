@@ -313,7 +313,7 @@ async def test_cancelled_admission_strikes_through_the_admission_post(bridge: Br
     prefix = "Cancelled: "
     assert update.text.startswith(prefix)
     struck = update.text.removeprefix(prefix)
-    assert struck.startswith("~Admission cancelled") and struck.endswith("~")
+    assert struck.startswith("~Cancelled") and struck.endswith("~")
     assert "~" not in struck[1:-1]
     assert len(slack.calls) == 2
 

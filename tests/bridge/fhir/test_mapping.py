@@ -204,17 +204,17 @@ VERSIONS = ["r4", "r5"]
         (None, ("in-progress", "IMP"), EventType.ENCOUNTER_ADMITTED),
         (None, ("in-progress", "ACUTE"), EventType.ENCOUNTER_ADMITTED),
         (("planned", "IMP"), ("in-progress", "IMP"), EventType.ENCOUNTER_ADMITTED),
-        (None, ("in-progress", "EMER"), EventType.ENCOUNTER_REGISTERED),
-        (None, ("in-progress", "AMB"), EventType.ENCOUNTER_REGISTERED),
-        (None, ("in-progress", "VR"), EventType.ENCOUNTER_REGISTERED),
-        (("planned", "AMB"), ("in-progress", "AMB"), EventType.ENCOUNTER_REGISTERED),
+        (None, ("in-progress", "EMER"), EventType.ENCOUNTER_ARRIVED),
+        (None, ("in-progress", "AMB"), EventType.ENCOUNTER_ARRIVED),
+        (None, ("in-progress", "VR"), EventType.ENCOUNTER_ARRIVED),
+        (("planned", "AMB"), ("in-progress", "AMB"), EventType.ENCOUNTER_ARRIVED),
         # An emergency visit that becomes an inpatient stay is an admission (A06).
         (("in-progress", "EMER"), ("in-progress", "IMP"), EventType.ENCOUNTER_ADMITTED),
         (("in-progress", "IMP"), ("finished", "IMP"), EventType.ENCOUNTER_DISCHARGED),
         (None, ("finished", "IMP"), EventType.ENCOUNTER_DISCHARGED),
-        (("in-progress", "IMP"), ("cancelled", "IMP"), EventType.ADMISSION_CANCELLED),
-        (("in-progress", "AMB"), ("entered-in-error", "AMB"), EventType.ADMISSION_CANCELLED),
-        (None, ("cancelled", "IMP"), EventType.ADMISSION_CANCELLED),
+        (("in-progress", "IMP"), ("cancelled", "IMP"), EventType.ENCOUNTER_CANCELLED),
+        (("in-progress", "AMB"), ("entered-in-error", "AMB"), EventType.ENCOUNTER_CANCELLED),
+        (None, ("cancelled", "IMP"), EventType.ENCOUNTER_CANCELLED),
         # Nothing was posted for a visit that never started, and nothing twice.
         (("planned", "IMP"), ("cancelled", "IMP"), None),
         (("cancelled", "IMP"), ("entered-in-error", "IMP"), None),
@@ -349,9 +349,9 @@ def test_discharge_carries_the_end_of_the_stay(mapper: FhirMapper) -> None:
 def test_cancelled_encounter_strikes_the_admission_or_registration(mapper: FhirMapper, version: str) -> None:
     previous = encounter(version, "in-progress")
     event = one(mapper, encounter(version, "cancelled", version_id="2"), previous=previous)
-    assert event.type is EventType.ADMISSION_CANCELLED
+    assert event.type is EventType.ENCOUNTER_CANCELLED
     assert event.lifecycle is Lifecycle.CANCEL
-    assert event.links == {"cancels": "encounter.admitted,encounter.registered"}
+    assert event.links == {"cancels": "encounter.admitted,encounter.arrived"}
     assert event.thread_key == "enc:V555"
 
 
@@ -487,8 +487,8 @@ def test_site_critical_flags_apply_to_fhir_too() -> None:
         ("corrected", (), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CORRECT),
         ("amended", ("L",), EventType.RESULT_CORRECTED, Severity.WARNING, Lifecycle.CORRECT),
         ("corrected", ("LL",), EventType.RESULT_CORRECTED, Severity.CRITICAL, Lifecycle.CORRECT),
-        ("cancelled", (), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CANCEL),
-        ("entered-in-error", ("HH",), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CANCEL),
+        ("cancelled", (), EventType.RESULT_RETRACTED, Severity.NOTICE, Lifecycle.CANCEL),
+        ("entered-in-error", ("HH",), EventType.RESULT_RETRACTED, Severity.NOTICE, Lifecycle.CANCEL),
     ],
 )
 def test_observation_status_sets_type_and_lifecycle(
@@ -669,8 +669,8 @@ def results(*flags: tuple[str, ...]) -> dict[str, Resource]:
         ("corrected", ((), ()), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CORRECT),
         ("amended", (("LL",), ()), EventType.RESULT_CORRECTED, Severity.CRITICAL, Lifecycle.CORRECT),
         ("appended", ((), ()), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CORRECT),
-        ("cancelled", ((), ()), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CANCEL),
-        ("entered-in-error", ((), ()), EventType.RESULT_CORRECTED, Severity.NOTICE, Lifecycle.CANCEL),
+        ("cancelled", ((), ()), EventType.RESULT_RETRACTED, Severity.NOTICE, Lifecycle.CANCEL),
+        ("entered-in-error", ((), ()), EventType.RESULT_RETRACTED, Severity.NOTICE, Lifecycle.CANCEL),
     ],
 )
 def test_diagnostic_report_status_and_result_lines(

@@ -144,8 +144,8 @@ RESULT_TYPES = {
     "final": {EventType.RESULT_FINAL, EventType.RESULT_CRITICAL},
     "amended": {EventType.RESULT_CORRECTED},
     "corrected": {EventType.RESULT_CORRECTED},
-    "cancelled": {EventType.RESULT_CORRECTED},
-    "entered-in-error": {EventType.RESULT_CORRECTED},
+    "cancelled": {EventType.RESULT_RETRACTED},
+    "entered-in-error": {EventType.RESULT_RETRACTED},
     "unknown": set(),
 }
 

@@ -741,7 +741,7 @@ async def test_cancellation_finds_the_delivered_post_of_the_cancelled_type_in_it
     await store.mark_delivered(this_thread.id, external_id="ts-admit", thread_root=False)
     await deliver_in_order(store, ["ts-transfer"])
     cancel = make_event(
-        type=EventType.ADMISSION_CANCELLED,
+        type=EventType.ENCOUNTER_CANCELLED,
         lifecycle=Lifecycle.CANCEL,
         links={"cancels": "encounter.admitted"},
     )
@@ -753,11 +753,11 @@ async def test_cancellation_finds_the_delivered_post_of_the_cancelled_type_in_it
     assert claimed.original_ref == "ts-admit"
 
 
-@pytest.mark.parametrize("posted", [EventType.ENCOUNTER_ADMITTED, EventType.ENCOUNTER_REGISTERED])
+@pytest.mark.parametrize("posted", [EventType.ENCOUNTER_ADMITTED, EventType.ENCOUNTER_ARRIVED])
 async def test_cancellation_naming_several_event_types_finds_whichever_was_posted(
     store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, posted: EventType
 ) -> None:
-    # Regression: "encounter.admitted,encounter.registered" (an A11) was taken for one subject key.
+    # Regression: "encounter.admitted,encounter.arrived" (an A11) was taken for one subject key.
     await store.commit_message(
         make_entry(),
         routed(make_event(type=posted), make_event(type=EventType.ENCOUNTER_TRANSFERRED)),
@@ -765,9 +765,9 @@ async def test_cancellation_naming_several_event_types_finds_whichever_was_poste
     )
     await deliver_in_order(store, ["ts-original", "ts-transfer"])
     cancel = make_event(
-        type=EventType.ADMISSION_CANCELLED,
+        type=EventType.ENCOUNTER_CANCELLED,
         lifecycle=Lifecycle.CANCEL,
-        links={"cancels": "encounter.admitted,encounter.registered"},
+        links={"cancels": "encounter.admitted,encounter.arrived"},
     )
     await store.commit_message(make_entry(), routed(cancel), dedup_window=DAY)
 
