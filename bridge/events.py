@@ -46,17 +46,22 @@ class EventType(StrEnum):
     PATIENT_UPDATED = "patient.updated"
     #: ADT^A40 (FHIR Patient link, ISiK patient merge): two identities merged; links name both.
     PATIENT_MERGED = "patient.merged"
-    #: ADT^A05 (FHIR Encounter planned): a bed or visit is planned before the patient arrives.
+    #: ADT^A05, A14 (FHIR Encounter planned): a bed or visit is planned before the patient arrives.
     ENCOUNTER_PREADMITTED = "encounter.preadmitted"
-    #: ADT^A01, A06 (FHIR Encounter in-progress, inpatient): inpatient admitted.
+    #: ADT^A01 (FHIR Encounter in-progress, inpatient): inpatient admitted.
     ENCOUNTER_ADMITTED = "encounter.admitted"
-    #: ADT^A04, A10 (FHIR Encounter arrived / in-progress, not inpatient): the patient arrived for a visit.
+    #: ADT^A04 (FHIR Encounter arrived / in-progress, not inpatient): the patient arrived for a visit.
     ENCOUNTER_ARRIVED = "encounter.arrived"
-    #: ADT^A02, A07, A17 (FHIR Encounter location changed): the patient moved.
+    #: ADT^A02, A06, A07, A09, A10, A17 (FHIR Encounter location changed): the patient moved.
     ENCOUNTER_TRANSFERRED = "encounter.transferred"
+    #: ADT^A15: a transfer is planned (bed management).
+    ENCOUNTER_TRANSFER_PENDING = "encounter.transfer_pending"
     #: ADT^A03 (FHIR Encounter finished): discharged / visit ended.
     ENCOUNTER_DISCHARGED = "encounter.discharged"
-    #: ADT^A11, A12, A13, A38, A52, A53 (FHIR Encounter cancelled / entered-in-error): strikes what it cancels.
+    #: ADT^A16: a discharge is planned (bed management).
+    ENCOUNTER_DISCHARGE_PENDING = "encounter.discharge_pending"
+    #: ADT^A11, A12, A13, A25, A26, A27, A38, A52, A53 (FHIR Encounter cancelled / entered-in-error):
+    #: strikes what it cancels.
     ENCOUNTER_CANCELLED = "encounter.cancelled"
     #: ADT^A21 (leaves; lifecycle new), A22 (returns; lifecycle update, a reply in the thread).
     ENCOUNTER_LEAVE_OF_ABSENCE = "encounter.leave_of_absence"
