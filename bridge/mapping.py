@@ -34,6 +34,7 @@ __all__ = [
     "hl7_date",
     "hl7_datetime",
     "hl7_timestamp",
+    "layer",
     "load_document",
     "load_mappings",
     "mappings_dir",
@@ -121,7 +122,7 @@ def load_mappings(
         if not isinstance(rules_first, list):
             raise MappingError("rules_first must be a list of rules", source=str(p), path="$.rules_first")
         overlay = {k: v for k, v in doc.items() if k not in ("extends", "rules_first")}
-        merged = _layer(docs[base_name][1], overlay)
+        merged = layer(docs[base_name][1], overlay)
         if rules_first and isinstance(merged, dict):
             merged["rules"] = [*rules_first, *(merged.get("rules") or [])]
         docs[base_name] = (str(p), merged)
@@ -130,7 +131,7 @@ def load_mappings(
     return list(docs.values())
 
 
-def _layer(base: Any, overlay: Any) -> Any:
+def layer(base: Any, overlay: Any) -> Any:
     """``overlay`` merged over ``base``: mappings key by key, recursively; anything else replaced; None removes."""
     if not isinstance(base, dict) or not isinstance(overlay, dict):
         return overlay
@@ -139,7 +140,7 @@ def _layer(base: Any, overlay: Any) -> Any:
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = _layer(base.get(key), value)
+            merged[key] = layer(base.get(key), value)
     return merged
 
 
@@ -489,9 +490,14 @@ class _Compiler:
     # composites (CX, XCN, PL): relative parts of one field, one repetition chosen
 
     def composite(
-        self, spec: dict[str, Any], where: str, datatype: str, parts: Sequence[str]
+        self, spec: dict[str, Any] | list[dict[str, Any]], where: str, datatype: str, parts: Sequence[str]
     ) -> Callable[[_Ctx], list[dict[str, str | None]]]:
-        """Getter of the chosen repetitions of a composite field as {part: value}; empty ones dropped."""
+        """Getter of the chosen repetitions of a composite field as {part: value}; empty ones dropped.
+
+        A list of such fields is a list of fallbacks: the first that has a value (AIL-3, else PV1-3).
+        """
+        if isinstance(spec, list):
+            return _first_found([self.composite(s, f"{where}[{i}]", datatype, parts) for i, s in enumerate(spec)])
         p = self.path(spec["field"], f"{where}.field")
         if p.component:
             raise self.fail(f"{where}.field", "a composite 'field' names a field, not a component")
@@ -661,6 +667,17 @@ def _first_of(getters: list[Getter]) -> Getter:
     return get
 
 
+def _first_found(getters: list[CompositeGetter]) -> CompositeGetter:
+    def get(ctx: _Ctx) -> list[Parts]:
+        for getter in getters:
+            found = getter(ctx)
+            if found:
+                return found
+        return []
+
+    return get
+
+
 def _as_list(getter: Getter) -> ListGetter:
     def get(ctx: _Ctx) -> list[str]:
         value = getter(ctx)
@@ -705,6 +722,8 @@ class _Rule:
     severity_rules: tuple[tuple[Cond, Severity], ...]
     lifecycle: Lifecycle
     links: tuple[tuple[str, Getter], ...]
+    #: The rule's own dedup key templates, tried instead of the file's (each change of an order is a new fact).
+    dedup_key: tuple[Getter, ...] = ()
 
 
 @dataclass(slots=True)
@@ -809,10 +828,43 @@ def _compile_rule(c: _Compiler, spec: dict[str, Any], where: str) -> _Rule:
             for i, s in enumerate(spec.get("severity_rules", ()))
         ),
         lifecycle=Lifecycle(spec.get("lifecycle", Lifecycle.NEW.value)),
+        # A list is a list of fallbacks: the first template whose placeholders all have a value, or identifier.
         links=tuple(
-            (name, c.template(t, f"{where}.links.{name}", _EVENT_NAMES)) for name, t in spec.get("links", {}).items()
+            (name, _compile_link(c, value, f"{where}.links.{name}")) for name, value in spec.get("links", {}).items()
+        ),
+        dedup_key=tuple(
+            c.template(t, f"{where}.dedup_key[{i}]", _EVENT_NAMES)
+            for i, t in enumerate(_as_seq(spec.get("dedup_key", [])))
         ),
     )
+
+
+def _compile_link(c: _Compiler, spec: Any, where: str) -> Getter:
+    """A link's value from templates and identifiers (CX fields), each a fallback of the one before.
+
+    An identifier reads as ``authority|value`` (the FHIR token form; the value alone without an
+    authority) and picks its repetition as ``patient.mrn`` does: MRG-1, the prior patient
+    identifier list, repeats like PID-3, and a template can only name a fixed repetition.
+    """
+    getters: list[Getter] = []
+    for alt, at in c.alternatives(spec, where):
+        if isinstance(alt, str):
+            getters.append(c.template(alt, at, _EVENT_NAMES))
+        else:
+            getters.append(_identifier_token(c.composite(alt, at, *_IDENTIFIER)))
+    return _first_of(getters)
+
+
+def _identifier_token(getter: CompositeGetter) -> Getter:
+    def get(ctx: _Ctx) -> str | None:
+        found = getter(ctx)
+        value = found[0].get("value") if found else None
+        if value is None:
+            return None
+        authority = found[0].get("authority")
+        return f"{authority}|{value}" if authority else value
+
+    return get
 
 
 def _as_seq(value: str | list[str]) -> list[str]:
@@ -1003,7 +1055,7 @@ class Mapper:
             received_at=received_at,
             facts=ctx.fields,
             thread_key=lambda: _first_rendered(spec.thread_key, ctx),
-            dedup_key=lambda: _first_rendered(spec.dedup_key, ctx),
+            dedup_key=lambda: _first_rendered(rule.dedup_key or spec.dedup_key, ctx),
             links=lambda: {name: value for name, getter in rule.links if (value := getter(ctx)) is not None},
         )
 
