@@ -219,7 +219,15 @@ def test_mrn_without_authority_or_sending_facility_threads_on_the_mrn(mapper: Ma
 
 
 def test_message_without_patient_or_visit_threads_on_its_control_id(mapper: Mapper) -> None:
-    assert one(mapper, adt("A08")).thread_key == "msg:CTRLA08"
+    assert one(mapper, adt("A08", "PID|1")).thread_key == "msg:CTRLA08"
+
+
+def test_adt_without_pid_makes_no_event_but_is_taken(mapper: Mapper) -> None:
+    # One event per PID (A17 swaps two patients): no PID, no patient, no event; the message is still
+    # matched, so it is accepted and not journalled as unmapped.
+    message = adt("A08", PV1)
+    assert run(mapper, message) == []
+    assert mapper.matches(message)
 
 
 def from_facility(msh: str, facility: str) -> str:
@@ -285,7 +293,7 @@ def test_escaped_delimiters_in_names_are_unescaped(mapper: Mapper) -> None:
         ("PID|", "PV1|"),
         ("PID|||^^^^MR", "PV1|||^^^", "ZZZ|odd|content"),
         ("PID|1||~~~", "PV1|1|I|~~||||~"),
-        ("NTE|1|free text", "PV1|1|I|4E^136\\E\\^B^TESTHOSP"),
+        ("NTE|1|free text", "PID|1", "PV1|1|I|4E^136\\E\\^B^TESTHOSP"),
     ],
 )
 def test_odd_content_never_raises(mapper: Mapper, segments: tuple[str, ...]) -> None:
@@ -572,12 +580,14 @@ def order(code: str, trigger: str, *orcs: str) -> Message:
     ("control", "event_type", "lifecycle", "links"),
     [
         ("NW", EventType.ORDER_PLACED, Lifecycle.NEW, {}),
-        ("CA", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "order.placed"}),
-        ("OC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "order.placed"}),
-        ("DC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "order.placed"}),
+        ("CA", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "TESTHOSP:PL1"}),
+        ("OC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "TESTHOSP:PL1"}),
+        ("DC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "TESTHOSP:PL1"}),
+        ("XO", EventType.ORDER_CHANGED, Lifecycle.CORRECT, {"corrects": "TESTHOSP:PL1"}),
+        ("SC", EventType.ORDER_CHANGED, Lifecycle.CORRECT, {"corrects": "TESTHOSP:PL1"}),
     ],
 )
-def test_order_control_decides_placed_or_cancelled(
+def test_order_control_decides_placed_changed_or_cancelled(
     mapper: Mapper,
     code: str,
     trigger: str,
@@ -600,7 +610,7 @@ def test_order_control_decides_placed_or_cancelled(
 def test_each_orc_makes_one_order_event(mapper: Mapper) -> None:
     events = run(
         mapper,
-        order("ORM", "O01", "ORC|NW|PL1", "OBR|1|PL1||CBC", "ORC|CA|PL2", "OBR|1|PL2||BMP", "ORC|SC|PL3"),
+        order("ORM", "O01", "ORC|NW|PL1", "OBR|1|PL1||CBC", "ORC|CA|PL2", "OBR|1|PL2||BMP", "ORC|OK|PL3"),
     )
     assert [(e.type, e.subject.key if e.subject else None) for e in events] == [
         (EventType.ORDER_PLACED, "TESTHOSP:PL1"),
@@ -651,7 +661,7 @@ def test_resent_new_order_has_the_same_dedup_key(mapper: Mapper) -> None:
 
 
 def test_unmapped_order_control_yields_no_event_but_the_message_is_mapped(mapper: Mapper) -> None:
-    message = order("ORM", "O01", "ORC|SC|PL1", "OBR|1|PL1||CBC")
+    message = order("ORM", "O01", "ORC|OK|PL1", "OBR|1|PL1||CBC")
     assert run(mapper, message) == []
     assert mapper.matches(message)
 
@@ -685,7 +695,8 @@ def test_results_and_orders_join_the_admission_thread_of_the_same_visit(
 # --- matching -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message_type", ["ADT^A40", "SIU^S12", "ADT^A31", "MDM^T02", "ORU^R30"])
+# ADT^A20 (bed status) and ADT^A24 (link patient information) are left unmapped on purpose (adt.yaml, patient.yaml).
+@pytest.mark.parametrize("message_type", ["ADT^A20", "SIU^S23", "ADT^A24", "MDM^T12", "ORU^W01"])
 def test_unmapped_message_types_yield_nothing(mapper: Mapper, message_type: str) -> None:
     message = hl7(f"MSH|^~\\&|X|TESTHOSP|Y|TESTHOSP|20240115103000||{message_type}|U1|P|2.5", PID, PV1)
     assert run(mapper, message) == []
@@ -716,13 +727,13 @@ def test_extra_file_with_a_bundled_name_replaces_it(tmp_path: Path) -> None:
 
 def test_extra_folder_files_come_after_the_bundled_ones(tmp_path: Path) -> None:
     doc = bundled("adt.yaml")
-    doc["match"] = [{"message": "ADT", "triggers": ["A01", "A40"]}]
+    doc["match"] = [{"message": "ADT", "triggers": ["A01", "A20"]}]
     doc["rules"] = [{"type": "encounter.updated", "severity": "info"}]
     write(tmp_path / "site-adt.yaml", doc)
     site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
-    # A01 is still taken by the bundled adt.yaml; A40 falls through to the site file.
+    # A01 is still taken by the bundled adt.yaml; A20 falls through to the site file.
     assert one(site, adt("A01", PID, PV1)).type is EventType.ENCOUNTER_ADMITTED
-    assert one(site, adt("A40", PID, PV1)).type is EventType.ENCOUNTER_UPDATED
+    assert one(site, adt("A20", PID, PV1)).type is EventType.ENCOUNTER_UPDATED
 
 
 @pytest.mark.parametrize(("versions", "fits"), [(["2.5*"], True), (["2.3", "2.4"], False), (["2.*"], True)])
@@ -743,7 +754,7 @@ def test_versions_glob_restricts_the_match(tmp_path: Path, versions: list[str], 
         (lambda d: d["rules"][0].update(type="encounter.exploded"), "$.rules[0].type"),
         (lambda d: d["rules"][1].update(colour="red"), "$.rules[1]"),
         (lambda d: d["match"][0].pop("triggers"), "$.match[0]"),
-        (lambda d: d["patient"]["mrn"].update(value="XCN-1"), "$.patient.mrn.value"),
+        (lambda d: d["patient"]["identifiers"].update(value="XCN-1"), "$.patient.identifiers.value"),
         (lambda d: d.update(thread_key=["enc:{encounter.ward}"]), "$.thread_key[0]"),
         (lambda d: d.update(dedup_key="{type}:{PID-3.1"), "$.dedup_key[0]"),
         (lambda d: d["patient"]["identifiers"].update(field="PID-3[2]"), "$.patient.identifiers.field"),
@@ -772,7 +783,17 @@ def test_invalid_yaml_is_a_mapping_error_naming_the_file(tmp_path: Path) -> None
 def test_every_bundled_file_is_valid_against_the_schema() -> None:
     schema = mappings_dir() / "schema.json"
     files = sorted((mappings_dir() / "hl7v2").glob("*.yaml"))
-    assert [f.name for f in files] == ["adt.yaml", "orders.yaml", "oru.yaml"]
+    assert [f.name for f in files] == [
+        "adt.yaml",
+        "mdm.yaml",
+        "orders.yaml",
+        "oru.yaml",
+        "oul.yaml",
+        "oul_r24.yaml",
+        "patient.yaml",
+        "pharmacy.yaml",
+        "siu.yaml",
+    ]
     for f in files:
         assert isinstance(load_document(f, schema), dict)
 
@@ -926,3 +947,124 @@ def test_bad_overlay_names_the_overlay_and_the_place(
     assert err.value.source == str(overlay)
     assert err.value.path == path
     assert message in str(err.value)
+
+
+# --- fallbacks of composite fields and of links (SIU: AIL-3 else PV1-3; MDM: TXA-13 else own key) -----
+
+
+def test_a_list_of_composite_fields_is_fallbacks_the_first_with_a_value_wins(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["encounter"]["location"] = [
+        {"field": "PV1-6", "unit": "PL-1.1", "room": "PL-2.1"},
+        {"field": "PV1-3", "unit": "PL-1.1", "bed": "PL-3.1"},
+    ]
+    doc["encounter"]["attending"] = [{"field": "PV1-8", "id": "XCN-1"}, {"field": "PV1-7", "id": "XCN-1"}]
+    site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),)))
+    first = one(site, adt("A01", PID, PV1))  # PV1-6 (3W/301) is given, PV1-8 is not
+    assert first.encounter.location.model_dump() == {"facility": None, "unit": "3W", "room": "301", "bed": None}
+    assert first.encounter.attending is not None and first.encounter.attending.id == "1234"
+    no_prior = PV1.replace("|3W^301^A^TESTHOSP|1234^Doctor&Dr^Test^^^Dr|", '|""|1234^Doctor&Dr^Test^^^Dr|5678^Other')
+    second = one(site, adt("A01", PID, no_prior))
+    assert second.encounter.location.model_dump() == {"facility": None, "unit": "4E", "room": None, "bed": "B"}
+    assert second.encounter.attending is not None and second.encounter.attending.id == "5678"
+
+
+@pytest.mark.off_catalogue("an engine test: a correct encounter.updated carrying both link kinds")
+def test_a_list_of_link_templates_is_fallbacks_the_first_that_renders_wins(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    # A type whose correction links to a subject key (the catalogue fixture checks every event).
+    doc["subject"]["kind"] = "result"
+    doc["rules"] = [
+        {
+            "type": "result.corrected",
+            "severity": "notice",
+            "lifecycle": "correct",
+            "links": {"corrects": ["alt:{PV1-50.1}", "{subject.key}"]},
+        }
+    ]
+    site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),)))
+    assert one(site, adt("A08", PID, PV1 + "|" * 5 + "ALT9")).links == {"corrects": "alt:ALT9"}
+    assert one(site, adt("A08", PID, PV1)).links == {"corrects": "V555"}
+
+
+def test_a_bad_template_in_a_list_of_links_names_its_place(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["rules"][0]["links"] = {"corrects": ["{subject.key}", "{encounter.ward}"]}
+    path = write(tmp_path / "broken.yaml", doc)
+    with pytest.raises(MappingError) as caught:
+        Mapper.load(MappingOptions(extra_paths=(path,)))
+    assert caught.value.path == "$.rules[0].links.corrects[1]"
+
+
+# --- identifiers as links (patient.yaml: MRG-1, the prior patient identifier list, repeats) --------
+
+
+@pytest.mark.off_catalogue("an engine test: patient.merged on the ADT file's encounter subject")
+def test_an_identifier_link_reads_authority_and_value_of_the_chosen_repetition(tmp_path: Path) -> None:
+    doc = bundled("patient.yaml")
+    doc["rules"] = [
+        {
+            "type": "patient.merged",
+            "severity": "notice",
+            "links": {
+                "replaces": [
+                    {
+                        "field": "MRG-1",
+                        "repetition": {"where": "CX-5", "in": ["MR"], "authority": "CX-4.1"},
+                        "value": "CX-1",
+                        "authority": "CX-4.1",
+                    },
+                    {"field": "MRG-4", "value": "CX-1", "authority": "CX-4.1"},
+                ],
+                "replaced_by": {"field": "PID-3", "value": "CX-1"},
+            },
+        }
+    ]
+    path = write(tmp_path / "patient.yaml", doc)
+    site = Mapper.load(MappingOptions(extra_paths=(path,)))
+    mrg = "MRG|77^^^OTHERHOSP^PI~55^^^OTHERHOSP^MR~66^^^TESTHOSP^MR"
+    # Without site authorities the first MR wins; no authority part reads the value alone.
+    assert one(site, adt("A40", PID, mrg)).links == {"replaces": "OTHERHOSP|55", "replaced_by": "999"}
+    own = Mapper.load(MappingOptions(extra_paths=(path,), mrn_authorities=("TESTHOSP",)))
+    assert one(own, adt("A40", PID, mrg)).links["replaces"] == "TESTHOSP|66"
+    # MRG-1 empty (""): the next fallback; an identifier without authority is its value alone.
+    assert one(site, adt("A40", PID, 'MRG|""|||44')).links["replaces"] == "44"
+    assert "replaces" not in one(site, adt("A40", PID, "MRG|")).links
+
+
+def test_a_bad_identifier_link_names_its_place(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["rules"][0]["links"] = {"replaces": ["{MRG-1.1}", {"field": "MRG-1", "value": "XCN-1"}]}
+    path = write(tmp_path / "broken.yaml", doc)
+    with pytest.raises(MappingError) as caught:
+        Mapper.load(MappingOptions(extra_paths=(path,)))
+    assert caught.value.path == "$.rules[0].links.replaces[1].value"
+
+
+# --- a rule's own dedup key (orders: placed once, but every change with new content is news) -------
+
+
+def test_a_rules_own_dedup_key_wins_over_the_files(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["dedup_key"] = ["file:{subject.key}"]
+    doc["rules"] = [
+        {"when": {"trigger": ["A08"]}, "type": "encounter.updated", "severity": "info", "dedup_key": "rule:{digest}"},
+        {"when": {"trigger": ["A08"]}, "type": "encounter.updated", "severity": "info"},
+        {"type": "encounter.admitted", "severity": "notice", "dedup_key": ["rule:{PV1-50.1}", "rule:{subject.key}"]},
+    ]
+    site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),)))
+    updated = one(site, adt("A08", PID, PV1))
+    assert updated.dedup_key.startswith("rule:") and updated.dedup_key != "rule:V555"
+    assert one(site, adt("A01", PID, PV1)).dedup_key == "rule:V555"
+    doc["rules"] = doc["rules"][1:2]
+    plain = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "plain" / "adt.yaml", doc),)))
+    assert one(plain, adt("A08", PID, PV1)).dedup_key == "file:V555"
+
+
+def test_a_bad_template_in_a_rules_dedup_key_names_its_place(tmp_path: Path) -> None:
+    doc = bundled("adt.yaml")
+    doc["rules"][0]["dedup_key"] = ["{type}:{subject.key}", "{type}:{encounter.ward}"]
+    path = write(tmp_path / "broken.yaml", doc)
+    with pytest.raises(MappingError) as caught:
+        Mapper.load(MappingOptions(extra_paths=(path,)))
+    assert caught.value.path == "$.rules[0].dedup_key[1]"

@@ -9,30 +9,22 @@ affected. Every name, number and identifier in the messages is synthetic.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
-import json
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
-import respx
 
-from adapters.inbound.mllp import MLLPClient
 from adapters.outbound.slack import SlackAdapter
 
 from .conftest import Bridge
+from .support import Call, FakeSlack, eventually, fake_slack, send
+from .support import segment as _segment
 
-SLACK_API = "https://slack.com/api"
 TOKEN = "xoxb-test-token"
 #: Real channel IDs are 9+ characters; the config rejects the shorter "C0TEST" as not an ID.
 CHANNEL_ID = "C0TEST001"
-#: Upper bound of every wait for the bridge to act; waits end as soon as the condition holds.
-WAIT = 5.0
 
 ALPHA = ("MRN0001", "Testpatient^Alpha")
 BETA = ("MRN0002", "Testpatient^Beta")
@@ -43,14 +35,6 @@ BETA = ("MRN0002", "Testpatient^Beta")
 _control_ids = itertools.count(1)
 #: MSH-9.3 message structure per trigger (v2.5 Appendix A): A11 shares A09's.
 _ADT_STRUCTURE = {"A01": "ADT_A01", "A11": "ADT_A09"}
-
-
-def _segment(name: str, fields: dict[int, str]) -> str:
-    values = [""] * (max(fields) + 1)
-    values[0] = name
-    for index, value in fields.items():
-        values[index] = value
-    return "|".join(values)
 
 
 def _head(message_type: str, when: str, patient: tuple[str, str], visit: str, unit: str) -> list[str]:
@@ -91,129 +75,9 @@ def oru(
     return ("\r".join(lines) + "\r").encode()
 
 
-async def send(bridge: Bridge, *messages: bytes) -> None:
-    """Send each message over MLLP and require an AA: the message is committed when this returns."""
-    async with MLLPClient("127.0.0.1", bridge.mllp_port, timeout=WAIT) as client:
-        for message in messages:
-            ack = await client.send(message)
-            assert b"MSA|AA|" in ack, ack.split(b"\r")[-2:]
-
-
-# --- Slack's Web API, as respx answers it ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One request the bridge made to Slack and what it was answered."""
-
-    method: str
-    body: dict[str, Any]
-    authorization: str
-    at: float
-    ok: bool
-    ts: str | None
-
-    @property
-    def text(self) -> str:
-        return str(self.body.get("text", ""))
-
-
-@dataclass
-class FakeSlack:
-    """Answers ``chat.postMessage`` with a fresh ``ts`` and ``chat.update`` with the edited ``ts``.
-
-    :meth:`answer_first` scripts failures: the first calls whose text contains a needle get the
-    scripted responses, later ones succeed.
-    """
-
-    calls: list[Call] = field(default_factory=list)
-    #: Every message Slack holds, with its metadata, as conversations.history returns them.
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    _scripts: list[tuple[str, list[httpx.Response | Exception]]] = field(default_factory=list)
-    _serial: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-    def answer_first(self, needle: str, *responses: httpx.Response | Exception) -> None:
-        """An exception scripts "Slack accepted the post, then the connection failed"."""
-        self._scripts.append((needle, list(responses)))
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        method = request.url.path.rsplit("/", 1)[-1]
-        if method.startswith("conversations."):
-            form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-            thread = form.get("ts")
-            found = [m for m in self.messages if thread is None or thread in (m["ts"], m.get("thread_ts"))]
-            return httpx.Response(200, json={"ok": True, "messages": found})
-        body: dict[str, Any] = json.loads(request.content)
-        scripted = self._scripted(str(body.get("text", "")))
-        if isinstance(scripted, Exception):
-            self._success(method, body)  # Slack posted it; the answer never arrives
-            raise scripted
-        response = scripted or self._success(method, body)
-        answer = json.loads(response.content) if response.status_code == 200 else {}
-        self.calls.append(
-            Call(
-                method=method,
-                body=body,
-                authorization=request.headers.get("Authorization", ""),
-                at=time.monotonic(),
-                ok=answer.get("ok") is True,
-                ts=answer.get("ts"),
-            )
-        )
-        return response
-
-    def _scripted(self, text: str) -> httpx.Response | Exception | None:
-        for needle, queue in self._scripts:
-            if needle in text and queue:
-                return queue.pop(0)
-        return None
-
-    def _success(self, method: str, body: dict[str, Any]) -> httpx.Response:
-        if method == "chat.update":
-            return httpx.Response(200, json={"ok": True, "channel": body["channel"], "ts": body["ts"]})
-        ts = f"1700000000.{next(self._serial):06d}"
-        message: dict[str, Any] = {"type": "message", "text": body["text"], "ts": ts}
-        if "thread_ts" in body:
-            message["thread_ts"] = body["thread_ts"]
-        self.messages.append({**message, "metadata": body.get("metadata")})
-        return httpx.Response(200, json={"ok": True, "channel": body["channel"], "ts": ts, "message": message})
-
-    def posted(self) -> list[Call]:
-        """Successful ``chat.postMessage`` calls, in the order Slack received them."""
-        return [c for c in self.calls if c.method == "chat.postMessage" and c.ok]
-
-    def about(self, needle: str) -> list[Call]:
-        """Every call whose text contains ``needle``, answered or not."""
-        return [c for c in self.calls if needle in c.text]
-
-    def one_post(self, needle: str) -> Call:
-        found = [c for c in self.posted() if needle in c.text]
-        assert len(found) == 1, f"{len(found)} successful posts contain {needle!r}"
-        return found[0]
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack()
-    with respx.mock(base_url=SLACK_API, assert_all_called=False) as router:
-        router.post("/chat.postMessage").mock(side_effect=fake)
-        router.post("/chat.update").mock(side_effect=fake)
-        router.post("/conversations.history").mock(side_effect=fake)
-        router.post("/conversations.replies").mock(side_effect=fake)
-        yield fake
+    yield from fake_slack()
 
 
 @pytest.fixture
@@ -230,12 +94,13 @@ async def bridge(slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyP
     return built
 
 
-# Needles: the start of each post's text in a "limited" channel (templates.yaml wording, initials only).
-ADMITTED_ALPHA = "Admitted: A.T."
-ADMITTED_BETA = "Admitted: B.T."
-POTASSIUM = "Final result: Potassium for A.T."
-TROPONIN = "CRITICAL result: A.T.: Troponin"
-SODIUM = "Final result: Sodium for B.T."
+# Needles: the start of each post's text in a "limited" channel (templates/en.yaml wording: initials and the
+# MRN's last 4 only).
+ADMITTED_ALPHA = "Admitted: A.T. (…"
+ADMITTED_BETA = "Admitted: B.T. (…"
+POTASSIUM = "Final result: Potassium · A.T. (…"
+TROPONIN = "CRITICAL result: Troponin · A.T. (…"
+SODIUM = "Final result: Sodium · B.T. (…"
 
 #: Long enough for a retry storm to show (several max backoffs and poll intervals), short for the suite.
 SETTLE = 0.5
@@ -313,7 +178,7 @@ async def test_cancelled_admission_strikes_through_the_admission_post(bridge: Br
     prefix = "Cancelled: "
     assert update.text.startswith(prefix)
     struck = update.text.removeprefix(prefix)
-    assert struck.startswith("~Cancelled") and struck.endswith("~")
+    assert struck.startswith("~Admission/visit cancelled: A.T. (…") and struck.endswith("~")
     assert "~" not in struck[1:-1]
     assert len(slack.calls) == 2
 

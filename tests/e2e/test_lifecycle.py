@@ -1,0 +1,216 @@
+"""Event lifecycles end to end, where the post is what the channel sees (issue #4, acceptance 3).
+
+Messages arrive over MLLP on a real socket, are mapped by the bundled mappings, journalled in a
+real SQLite file and delivered by the real channel worker through the real ``SlackAdapter`` to the
+fake Slack of tests/e2e/support.py. A correction edits the post it corrects, a cancellation strikes
+the post it cancels, and a merge names both identities and lands in the survivor's thread. The
+wording of the posts belongs to the templates and is not asserted here, only what they must show.
+Every name and number is synthetic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from adapters.outbound.slack import SlackAdapter
+from bridge.events import ClinicalEvent
+
+from .conftest import Bridge
+from .support import Call, FakeSlack, eventually, fake_slack, segment, send
+
+TOKEN = "xoxb-lifecycle-token"
+CHANNEL_ID = "C0LIFE001"
+#: The site's own assigning authority: its MR wins over another hospital's in a repeating PID-3.
+SITE = "TESTHOSP"
+
+#: A struck-through post: Slack's ~strike~ around text without further tildes.
+STRUCK = re.compile(r"~[^~]+~")
+
+_control_ids = itertools.count(1)
+
+
+def message(message_type: str, when: str, version: str, *segments: str) -> bytes:
+    head = (
+        f"MSH|^~\\&|TESTEHR|TESTHOSP|EHRBRIDGE|TESTHOSP|{when}||{message_type}|LC{next(_control_ids):05d}|P|{version}"
+    )
+    return ("\r".join([head, *segments]) + "\r").encode()
+
+
+def pid(mrn: str, name: str) -> str:
+    # Another hospital's MR first: the site's MR is picked by mapping.mrn_authorities.
+    return segment("PID", {1: "1", 3: f"5550{mrn[-3:]}^^^OTHERHOSP^MR~{mrn}^^^{SITE}^MR", 5: name, 7: "19800521"})
+
+
+def pv1(visit: str) -> str:
+    return segment("PV1", {1: "1", 2: "I", 3: "4E^412^B^TESTHOSP", 7: "9001^Doctor^Test", 19: f"{visit}^^^{SITE}^VN"})
+
+
+def adt(trigger: str, when: str, *, mrn: str = "7000123", visit: str = "V-1001") -> bytes:
+    return message(f"ADT^{trigger}", when, "2.5.1", f"EVN|{trigger}|{when}", pid(mrn, "Testpatient^Alpha"), pv1(visit))
+
+
+def oru(value: str, status: str, when: str) -> bytes:
+    """A potassium report, filler number F-100 of the lab LAB1, OBX-11 ``status``; high (H), so its value shows."""
+    return message(
+        "ORU^R01^ORU_R01",
+        when,
+        "2.6",
+        pid("7000123", "Testpatient^Alpha"),
+        pv1("V-1001"),
+        segment("OBR", {1: "1", 2: "P-100^CPOE", 3: "F-100^LAB1", 4: "2823-3^Potassium^LN", 22: when, 25: status}),
+        segment(
+            "OBX", {1: "1", 2: "NM", 3: "2823-3^Potassium^LN", 5: value, 6: "mmol/L", 7: "3.5-5.1", 8: "H", 11: status}
+        ),
+        "ZLB|1|lab specific",
+    )
+
+
+def person(trigger: str, when: str, mrn: str, name: str, *extra: str) -> bytes:
+    return message(f"ADT^{trigger}", when, "2.4", f"EVN|{trigger}|{when}", pid(mrn, name), *extra)
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    yield from fake_slack()
+
+
+@pytest.fixture
+async def bridge(slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyPatch) -> Bridge:
+    # Pacing is not what these tests are about (see test_slack_flow.py); a full-PHI channel shows identifiers.
+    monkeypatch.setattr(SlackAdapter, "rate_per_sec", 200.0)
+    built: Bridge = await make_bridge(
+        channels={"slack": {"type": "slack", "token": TOKEN, "channel": CHANNEL_ID, "phi": "full"}},
+        routes=[{"name": "everything", "channels": ["slack"]}],
+        mapping={"mrn_authorities": [SITE]},
+    )
+    return built
+
+
+async def delivered_event(bridge: Bridge, call: Call) -> ClinicalEvent:
+    """The event a Slack call delivered.
+
+    A new post carries its delivery id in its metadata; an edit (chat.update) does not, and is the
+    latest delivery recorded against the post it edited.
+    """
+    if call.method == "chat.postMessage":
+        sql = "SELECT e.body FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?"
+        args: tuple[str, ...] = (call.body["metadata"]["event_payload"]["delivery_id"],)
+    else:
+        sql = (
+            "SELECT e.body FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.status = 'delivered' AND d.external_id = ? ORDER BY d.event_seq DESC LIMIT 1"
+        )
+        args = (call.body["ts"],)
+    rows = await bridge.runtime.store.query(sql, args)
+    assert len(rows) == 1
+    return ClinicalEvent.model_validate_json(rows[0][0])
+
+
+def updates(slack: FakeSlack) -> list[Call]:
+    return [c for c in slack.calls if c.method == "chat.update"]
+
+
+def shown(call: Call) -> str:
+    """Everything a reader sees of a post: its text and the texts of its blocks (title, facts, ...)."""
+    texts = [call.text]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    texts.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(call.body.get("blocks", []))
+    return "\n".join(texts)
+
+
+async def test_final_then_corrected_result_edits_the_same_post_each_time(bridge: Bridge, slack: FakeSlack) -> None:
+    await send(bridge, adt("A01", "20260301080000"), oru("5.6", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the result")
+    admission, result = slack.posted()
+    assert (await delivered_event(bridge, result)).type == "result.final"
+    assert result.body["thread_ts"] == admission.ts
+    assert "5.6" in shown(result)
+
+    await send(bridge, oru("5.9", "C", "20260301093000"))
+    await eventually(lambda: len(updates(slack)) == 1, "the first correction")
+    await send(bridge, oru("6.2", "C", "20260301100000"))
+    await eventually(lambda: len(updates(slack)) == 2, "the second correction")
+
+    first, second = updates(slack)
+    assert first.ok and second.ok
+    # Both corrections edit the result's post, never the admission's, and post nothing new.
+    assert first.body["ts"] == second.body["ts"] == result.ts != admission.ts
+    assert {first.body["channel"], second.body["channel"]} == {CHANNEL_ID}
+    assert "5.9" in shown(first) and "5.6" not in shown(first)
+    assert "6.2" in shown(second) and "5.9" not in shown(second)
+    assert len(slack.posted()) == 2
+    corrected = await delivered_event(bridge, second)
+    assert (corrected.type, corrected.lifecycle, corrected.links) == (
+        "result.corrected",
+        "correct",
+        {"corrects": "LAB1:F-100"},
+    )
+
+
+async def test_cancelled_admission_strikes_the_admission_post_not_later_replies(
+    bridge: Bridge, slack: FakeSlack
+) -> None:
+    await send(bridge, adt("A01", "20260301080000"), adt("A08", "20260301081500"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the update")
+    admission, update = slack.posted()
+    assert "thread_ts" not in admission.body
+    assert update.body["thread_ts"] == admission.ts
+    assert not STRUCK.search(admission.text)
+
+    await send(bridge, adt("A11", "20260301083000"))
+    await eventually(lambda: len(updates(slack)) == 1, "chat.update of the admission")
+
+    (struck,) = updates(slack)
+    assert struck.ok
+    assert (struck.body["channel"], struck.body["ts"]) == (CHANNEL_ID, admission.ts)
+    assert STRUCK.search(struck.text), "the cancelled admission must read struck through"
+    assert len(slack.posted()) == 2, "the cancellation strikes, it does not post anew"
+    cancel = await delivered_event(bridge, struck)
+    assert (cancel.type, cancel.lifecycle, cancel.links) == (
+        "encounter.cancelled",
+        "cancel",
+        {"cancels": "encounter.admitted,encounter.arrived"},
+    )
+
+
+async def test_merge_names_both_identities_in_the_survivors_thread(bridge: Bridge, slack: FakeSlack) -> None:
+    survivor, prior = "7000123", "7000999"
+    await send(
+        bridge,
+        person("A28", "20260301080000", survivor, "Testpatient^Alpha"),
+        person("A28", "20260301080500", prior, "Testpatient^Alfa"),
+    )
+    await eventually(lambda: len(slack.posted()) == 2, "both registrations")
+    survivor_root, prior_root = slack.posted()
+    assert "thread_ts" not in survivor_root.body and "thread_ts" not in prior_root.body
+
+    # A40: the PID is the record that survives, MRG-1 (repeating like PID-3) the one merged into it.
+    mrg = f"MRG|5550999^^^OTHERHOSP^MR~{prior}^^^{SITE}^MR"
+    await send(bridge, person("A40", "20260301090000", survivor, "Testpatient^Alpha", "PD1|||Testclinic", mrg))
+    await eventually(lambda: len(slack.posted()) == 3, "the merge post")
+
+    merge = slack.posted()[2]
+    assert merge.body["thread_ts"] == survivor_root.ts != prior_root.ts
+    event = await delivered_event(bridge, merge)
+    assert (event.type, event.lifecycle) == ("patient.merged", "new")
+    assert event.links == {"replaces": f"{SITE}|{prior}", "replaced_by": f"{SITE}|{survivor}"}
+    assert event.thread_key == f"pat:{SITE}:{survivor}"
+    # A full-PHI channel sees both records.
+    assert prior in shown(merge) and survivor in shown(merge)
+    assert not updates(slack), "a merge strikes or edits nothing"
