@@ -20,9 +20,16 @@ from bridge.mapping import Mapper
 CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "hl7v2"
 BAD_INPUTS = "bad-inputs"
 
-#: ORC-1 order controls (Table 0119) the bundled orders.yaml turns into an event; other
-#: controls (SC status changed, XO change request, ...) are mapped to nothing on purpose.
-ORDER_CONTROLS_WITH_EVENTS = frozenset({"NW", "CA", "OC", "CR", "DC", "OD", "DR"})
+#: ORC-1 order controls (Table 0119) the bundled orders.yaml and pharmacy.yaml turn into an event
+#: (placed, cancelled, status changed, changed, replaced, held, released); other controls
+#: (OK accepted, UA unable to accept, RE observations to follow, ...) are mapped to nothing on purpose.
+ORDER_CONTROLS_WITH_EVENTS = frozenset(
+    {"NW", "RO", "CA", "OC", "CR", "DC", "OD", "DR", "SC", "XO", "XX", "XR", "RP", "RU", "RQ"}
+    | {"HD", "OH", "HR", "RL", "OE", "OR"}
+)
+#: Message types whose events are one per ORC (orders.yaml, pharmacy.yaml), and one per OBR (results).
+ORDER_MESSAGES = frozenset({"ORM", "OML", "OMG", "OMI", "OMD", "RDE"})
+RESULT_MESSAGES = frozenset({"ORU", "OUL"})
 
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not checked out")
 
@@ -68,10 +75,10 @@ def map_message(mapper: Mapper, message: Message, index: int) -> int:
 
 
 def expects_events(message: Message) -> bool:
-    if message.message_code in ("ORM", "OML"):
+    if message.message_code in ORDER_MESSAGES:
         controls = {seg.get_rep(1).strip() for seg in message.segments_named("ORC")}
         return not controls.isdisjoint(ORDER_CONTROLS_WITH_EVENTS)
-    if message.message_code == "ORU":
+    if message.message_code in RESULT_MESSAGES:
         return bool(message.segments_named("OBR"))
     return True
 
@@ -127,7 +134,7 @@ def test_corpus_visit_threads_do_not_depend_on_the_sending_facility(mapper: Mapp
 
 def test_corpus_covers_every_mapped_family(mapper: Mapper) -> None:
     seen = {m.message_code for path in corpus_files(bad=False) for m in messages(path) if mapper.matches(m)}
-    assert seen == {"ADT", "ORU", "ORM", "OML"}
+    assert seen == {"ADT", "ORU", "ORM", "OML", "SIU", "MDM", "OUL", "OMG", "OMD", "RDE"}
 
 
 @pytest.mark.parametrize("path", corpus_files(bad=True), ids=lambda p: p.name[:48])

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Subject
+from bridge.hl7.reader import parse
+from bridge.mapping import Mapper
 from bridge.store import (
     ClaimedDelivery,
     CommitResult,
@@ -30,6 +33,7 @@ EventFactory = Callable[..., ClinicalEvent]
 EntryFactory = Callable[..., JournalEntry]
 
 DAY = 86_400.0
+RECEIVED = datetime(2024, 1, 15, 11, 0, tzinfo=UTC)
 
 
 def routed(
@@ -800,6 +804,38 @@ async def test_cancel_target_not_made_only_of_event_types_is_a_subject_key(
     (claimed,) = await claim(store)
 
     assert claimed.original_ref == "ts-order"
+
+
+async def test_mapped_order_changes_and_cancellation_refer_to_the_first_post_of_the_order(
+    store: SQLiteStore, make_entry: EntryFactory
+) -> None:
+    # orders.yaml links by the order's subject key (placer number in its namespace), not by event type:
+    # another order of the same visit, or an earlier change of this one, is never the target.
+    mapper = Mapper.load()
+
+    def mapped(control: str, orc: str) -> ClinicalEvent:
+        segments = (
+            f"MSH|^~\\&|CPOE|TESTHOSP|LAB|TESTHOSP|20240115103000||ORM^O01|{control}|P|2.5.1",
+            "PID|1||12345^^^TESTHOSP^MR||Testpatient^Alpha",
+            "PV1|1|I|ICU^1^A" + "|" * 16 + "V555",
+            orc,
+            "OBR|1|||CBC^Blood count",
+        )
+        message = parse(("\r".join(segments) + "\r").encode())
+        (event,) = mapper.map_hl7(message, message_id=control, source="urn:test", received_at=RECEIVED, origin={})
+        return event
+
+    for control, orc, external_id in (("M1", "ORC|NW|PL1^CPOE", "ts-pl1"), ("M2", "ORC|NW|PL2^CPOE", "ts-pl2")):
+        await store.commit_message(make_entry(), routed(mapped(control, orc)), dedup_window=DAY)
+        await deliver_in_order(store, [external_id])
+    refs: list[str | None] = []
+    for control, orc in (("M3", "ORC|SC|PL1^CPOE|F1^LAB||IP"), ("M4", "ORC|CA|PL1^CPOE|F1^LAB")):
+        await store.commit_message(make_entry(), routed(mapped(control, orc)), dedup_window=DAY)
+        (claimed,) = await claim(store)
+        refs.append(claimed.original_ref)
+        await store.mark_delivered(claimed.id, external_id=f"ts-{control}", thread_root=False)
+
+    assert refs == ["ts-pl1", "ts-pl1"]
 
 
 @pytest.mark.parametrize(
