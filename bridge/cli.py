@@ -1,4 +1,4 @@
-"""The ``ehr-bridge`` command line: serve, send, map, check-config and dead-letter management."""
+"""The ``ehr-bridge`` command line: serve, send, map, simulate, check-config, dead letters and FHIR subscriptions."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import structlog
 import typer
 
 from bridge import registry
+from bridge.channels import PhiLevel
 from bridge.config import Settings, load_config
-from bridge.errors import BridgeError, ConfigError, ParseError
+from bridge.errors import BridgeError, ConfigError, MappingError
 
 __all__ = ["app", "main"]
 
@@ -130,36 +131,72 @@ def _segment(message: bytes, name: bytes) -> str:
     return "(no " + name.decode() + " segment)"
 
 
+InputPaths = Annotated[
+    list[Path],
+    typer.Argument(exists=True, help="HL7 v2 files (batches and concatenations are split), FHIR JSON, or folders."),
+]
+
+
 @app.command("map")
-def map_(files: list[Path], config: ConfigOption = None) -> None:
-    """Print the events each message maps to, as JSON. No side effects."""
-    from bridge.hl7 import parse, split_messages
-    from bridge.mapping import Mapper, MappingOptions
+def map_(
+    paths: InputPaths,
+    table: Annotated[bool, typer.Option("--table", help="One row per event instead of JSON.")] = False,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Counts per message and event type, and what did not map and why.")
+    ] = False,
+    phi: Annotated[
+        PhiLevel | None,
+        typer.Option(help="What identifiers to print: full for JSON by default, limited for --table."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print the events each message maps to. No side effects; folders are walked recursively."""
+    from bridge.simulate import Mappings, Summary, format_summary, format_table, reports_json, survey
 
     settings = _settings(config)
-    mapper = Mapper.load(MappingOptions.from_config(settings.mapping))
-    out: list[dict[str, Any]] = []
-    now = datetime.now(UTC)
-    for path in files:
-        for n, payload in enumerate(split_messages(path.read_bytes()), start=1):
-            try:
-                message = parse(
-                    payload,
-                    fallback=settings.listeners[0].charset_fallback if settings.listeners else "iso-8859-1",
-                )
-            except ParseError as exc:
-                out.append({"file": str(path), "message": n, "error": f"{exc.code} {exc}"})
-                continue
-            events = mapper.map_hl7(
-                message,
-                message_id=f"map-{n}",
-                source="urn:ehr-bridge:map",
-                received_at=now,
-                origin={"file": path.name},
-            )
-            out.append({"file": str(path), "message": n, "events": [e.model_dump(mode="json") for e in events]})
-    json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    mappings = Mappings(settings.mapping)
+    fallback = settings.listeners[0].charset_fallback if settings.listeners else "iso-8859-1"
+    try:
+        # The mapping files are read on first use: a broken site file fails here.
+        reports = list(survey(paths, mappings, received_at=datetime.now(UTC), fallback=fallback))
+        counted = Summary.of(reports, mappings) if summary else None
+    except MappingError as exc:
+        typer.echo(f"mapping error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if table:
+        typer.echo(format_table(reports, phi or PhiLevel.LIMITED), nl=False)
+    if counted is not None:
+        if table:
+            typer.echo("")
+        typer.echo(format_summary(counted), nl=False)
+    if not table and counted is None:
+        json.dump(reports_json(reports, phi or PhiLevel.FULL), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+
+
+@app.command()
+def simulate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(exists=True, help="HL7 v2 files (batches and concatenations are split) or folders of them."),
+    ],
+    config: ConfigOption = None,
+    payload: Annotated[bool, typer.Option("--payload", help="Show each rendered request as compact JSON.")] = False,
+) -> None:
+    """Show what each channel would receive: mapping, routing, duplicates, PHI level and rendering; nothing is sent."""
+    from bridge.logs import configure
+    from bridge.simulate import format_simulation
+    from bridge.simulate import simulate as run
+
+    settings = _settings(config)
+    # The report says what became of every message; intake's warnings would repeat it on stderr.
+    configure("error", "console")
+    try:
+        result = asyncio.run(run(settings, paths))
+    except BridgeError as exc:
+        typer.echo(f"cannot simulate: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(format_simulation(result, payload=payload), nl=False)
 
 
 @app.command("check-config")
