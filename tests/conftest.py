@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic clinical events and journal entries, and an opened SQLite store.
+"""Shared fixtures: synthetic clinical events and journal entries, an opened SQLite store, and the check that
+every event the mappers build fits the JSON Schema of its catalogue type.
 
 Every value here is invented (no real patient, no real facility), so tests can
 print or snapshot what they build without disclosing anything.
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import bridge.fhir.mapping
+import bridge.mapping
+from bridge.assembly import assemble_event
+from bridge.catalogue import EventSchemaError, validate_event
 from bridge.events import (
     ClinicalEvent,
     Encounter,
@@ -121,3 +126,49 @@ async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
         yield s
     finally:
         await s.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "off_catalogue(reason): the test's own synthetic mapping makes events outside the catalogue on purpose"
+        " (a mapping-engine test); they are not validated against the catalogue's JSON Schemas",
+    )
+
+
+@pytest.fixture(autouse=True)
+def events_fit_the_catalogue(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every event the HL7 v2 and FHIR mappers build in a test is validated against its type's JSON Schema.
+
+    ``bridge.assembly.assemble_event`` is where both mappers build events; it is
+    wrapped in both mapper modules. A misfit does not raise inside the mapper
+    (where a boundary could turn it into a NAK and hide it): it is collected, and
+    the test fails at teardown naming each event, type and JSON path. Events a
+    test builds itself as ``ClinicalEvent(...)`` are not the bridge's and are not checked,
+    nor are those of a test marked ``off_catalogue`` (an engine test whose synthetic
+    rule pairs, say, a type with a lifecycle the catalogue does not allow).
+    """
+    misfits: list[str] = []
+    if request.node.get_closest_marker("off_catalogue") is not None:
+        yield misfits
+        return
+
+    def checked(*args: Any, **kwargs: Any) -> ClinicalEvent:
+        event = assemble_event(*args, **kwargs)
+        try:
+            validate_event(event)
+        except EventSchemaError as exc:
+            misfits.append(str(exc))  # list.append is atomic: mappers running in threads are fine
+        return event
+
+    monkeypatch.setattr(bridge.mapping, "assemble_event", checked)
+    monkeypatch.setattr(bridge.fhir.mapping, "assemble_event", checked)
+    yield misfits
+    if misfits:
+        shown = "\n  ".join(misfits[:20])
+        more = f"\n  ... and {len(misfits) - 20} more" if len(misfits) > 20 else ""
+        pytest.fail(
+            f"{len(misfits)} mapped event(s) do not fit their catalogue schema (mappings/catalogue.yaml):"
+            f"\n  {shown}{more}",
+            pytrace=False,
+        )
