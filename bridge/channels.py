@@ -23,6 +23,7 @@ from bridge import registry
 from bridge.events import ClinicalEvent
 
 __all__ = [
+    "LOCALE_PATTERN",
     "AdapterContext",
     "ChannelConfig",
     "OutboundAdapter",
@@ -34,12 +35,16 @@ __all__ = [
 ]
 
 
+#: A locale names a wording file (``mappings/templates/<locale>.yaml``): ``en``, ``de``, ``de-CH``.
+LOCALE_PATTERN = r"^[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$"
+
+
 class PhiLevel(StrEnum):
     """How much protected health information a channel may show (HIPAA minimum necessary)."""
 
-    #: No patient identifiers at all: event type, unit, severity, a reference to look it up.
+    #: No patient identifiers at all: event type, location down to the bed, severity, time, names of tests.
     NONE = "none"
-    #: Initials, year of birth, sex, location and clinical content; no MRN, no full name.
+    #: Initials and the MRN's last 4, sex, location, attending and clinical content; no birth date, no full MRN.
     LIMITED = "limited"
     #: Everything the event carries: for channels whose membership is the care team.
     FULL = "full"
@@ -56,6 +61,9 @@ class ChannelConfig(BaseModel):
     max_attempts: int | None = Field(None, ge=1)
     #: Sends per second to this channel (0 = unlimited); overrides the adapter's default.
     rate_per_sec: float | None = Field(None, ge=0)
+    #: Language of the wording (a file ``mappings/templates/<locale>.yaml``); default: its routes', else
+    #: ``templates.locale``.
+    locale: str | None = Field(None, pattern=LOCALE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +71,10 @@ class Post:
     """What one channel must show for one event.
 
     ``event`` is already reduced to the channel's PHI level; ``title``,
-    ``summary`` and ``facts`` are the composed wording (from the templates in
-    ``mappings/``). ``delivery_id`` is stable across retries: adapters use it
-    as their idempotency key (``webhook-id``, Matrix txnId).
+    ``summary``, ``facts`` and ``label`` are the composed wording, in the
+    channel's locale (from ``mappings/templates/``). ``delivery_id`` is stable
+    across retries: adapters use it as their idempotency key (``webhook-id``,
+    Matrix txnId).
     """
 
     delivery_id: str
@@ -78,6 +87,8 @@ class Post:
     thread_ref: str | None = None
     #: External id of the post this event corrects or cancels, if any.
     original_ref: str | None = None
+    #: What a correction or cancellation says it is ("Corrected", "Storniert"); None for other lifecycles.
+    label: str | None = None
 
     @property
     def text(self) -> str:

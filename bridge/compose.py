@@ -2,18 +2,28 @@
 
 :func:`redact` reduces an event to a channel's PHI level (HIPAA minimum
 necessary, REFERENCE.md §5); :func:`compose` words the reduced event with the
-clinician-reviewed templates in ``mappings/templates.yaml``. Placeholders are
-always filled from the reduced event, so a template cannot leak what the
-channel's level removed.
+clinician-reviewed templates in ``mappings/templates/<locale>.yaml``, in the
+channel's locale and for its kind (the adapter type). Placeholders are always
+filled from the reduced event, so a template cannot leak what the channel's
+level removed.
 
-What each level keeps:
+The template language is logic-less, and so sandboxed by construction:
+``{placeholder}`` from a fixed list and optional ``[ ... ]`` parts, nothing
+else (no expressions, no attribute access, no code). A site can reword
+anything without being able to reach a value the list does not offer.
+
+Every level shows the minimum: the event, the location down to room and bed,
+what happened, the severity and the time. What each level adds or removes:
 
 * ``full``: everything.
-* ``limited``: initials instead of names, the year of birth, sex, location,
-  attending, clinical content; no MRN, no other identifiers, no visit number.
-* ``none``: no patient at all, no visit number, no attending, no dates of
-  admission or discharge, the location cut to facility and unit, and result
-  lines cut to their name, flags and critical mark (no values).
+* ``limited``: initials instead of names and the MRN's last 4 characters
+  (``…2345``, kept only when the MRN is longer than 4), sex, attending,
+  clinical content; no birth date, no full MRN, no other identifiers, no
+  visit number. The identities of a merge are cut to their last 4 as well.
+* ``none``: no patient at all (no name, MRN, birth date, sex, identifiers),
+  no visit number, no attending, no dates of admission or discharge, no
+  ``detail`` (free text), and result lines cut to their name, flags and
+  critical mark (no values).
 
 The thread, dedup and subject keys (and link values that are not event types
 or comma-separated lists of them, like A11's) may carry MRNs, visit and
@@ -28,12 +38,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeAlias
+
+import jsonschema
+import yaml
 
 from bridge.channels import PhiLevel
 from bridge.errors import MappingError
@@ -41,19 +55,25 @@ from bridge.events import (
     ClinicalEvent,
     Encounter,
     EventType,
+    Identifier,
     Lifecycle,
     Location,
     Observation,
     Patient,
     Subject,
+    type_matches,
 )
-from bridge.mapping import load_document, mappings_dir
+from bridge.mapping import layer, mappings_dir
 
-__all__ = ["Templates", "compose", "redact"]
+__all__ = ["Templates", "compose", "redact", "template_locales"]
 
 _EVENT_TYPES = frozenset(t.value for t in EventType)
 #: OBX-8 flag (Table 0078) that says the line is normal; every other flag makes it worth a mention.
 _NORMAL_FLAGS = frozenset({"N", ""})
+#: Links that name a patient identity ("authority|value"): a merge's prior and surviving record.
+_IDENTITY_LINKS = ("replaces", "replaced_by")
+#: Marks a value cut to its end, as in "…2345".
+_TAIL = "…"
 
 
 # --- redaction ------------------------------------------------------------------------------------
@@ -75,49 +95,47 @@ def _initial(name: str | None) -> str | None:
     return letter.upper() if letter is not None else None
 
 
-def _birth_year(birth_date: str | None) -> str | None:
-    # Only an ISO date is known to start with its year; raw text could be anything, so it goes.
-    if birth_date and len(birth_date) >= 4 and birth_date[:4].isdigit():
-        return birth_date[:4]
-    return None
+def _last4(value: str) -> str | None:
+    # Four characters of a short MRN would be most of it: those are not shown at all.
+    value = value.strip()
+    return f"{_TAIL}{value[-4:]}" if len(value) > 4 else None
+
+
+def _mrn_tail(mrn: Identifier | None) -> Identifier | None:
+    tail = _last4(mrn.value) if mrn is not None else None
+    return None if mrn is None or tail is None else mrn.model_copy(update={"value": tail})
 
 
 def _reduce(event: ClinicalEvent, level: PhiLevel) -> ClinicalEvent:
-    """The event's content at ``level``; keys and links untouched."""
+    """The event's content at ``level``: what templates may read. Keys untouched; links cut to what is shown."""
     if level == PhiLevel.FULL:
         return event
     p = event.patient
     enc = event.encounter
     subject = event.subject
+    links = {name: value for name, value in event.links.items() if _names_event_types(value)}
     if level == PhiLevel.LIMITED:
-        patient = Patient(
-            given=_initial(p.given),
-            family=_initial(p.family),
-            birth_date=_birth_year(p.birth_date),
-            sex=p.sex,
-        )
+        patient = Patient(mrn=_mrn_tail(p.mrn), given=_initial(p.given), family=_initial(p.family), sex=p.sex)
         encounter = enc.model_copy(update={"visit_number": None})
+        for name in _IDENTITY_LINKS:
+            tail = _last4(event.links[name].rpartition("|")[2]) if name in event.links else None
+            if tail is not None:
+                links[name] = tail
     else:
         patient = Patient()
-
-        def cut(loc: Location | None) -> Location | None:
-            return None if loc is None else Location(facility=loc.facility, unit=loc.unit)
-
-        encounter = Encounter(
-            patient_class=enc.patient_class,
-            location=cut(enc.location) or Location(),
-            prior_location=cut(enc.prior_location),
-        )
+        encounter = Encounter(patient_class=enc.patient_class, location=enc.location, prior_location=enc.prior_location)
         if subject is not None:
             subject = subject.model_copy(
                 update={
+                    # Free text may name the patient: values and details stay above this level.
+                    "detail": None,
                     "observations": tuple(
                         Observation(code=o.code, text=o.text, flags=o.flags, critical=o.critical)
                         for o in subject.observations
-                    )
+                    ),
                 }
             )
-    return event.model_copy(update={"patient": patient, "encounter": encounter, "subject": subject})
+    return event.model_copy(update={"patient": patient, "encounter": encounter, "subject": subject, "links": links})
 
 
 def redact(event: ClinicalEvent, level: PhiLevel, *, hash_key: bytes | None = None) -> ClinicalEvent:
@@ -159,17 +177,28 @@ _PLACEHOLDERS = frozenset(
         "prior_location",
         "unit",
         "facility",
+        "bed",
         "attending",
         "subject",
         "subject_status",
+        "detail",
+        "start",
         "observations",
         "abnormal_observations",
         "critical_observations",
+        "cancels",
+        "merged_from",
+        "merged_into",
         "severity",
         "type",
         "time",
     }
 )
+
+#: Wording variants of an entry, by the lifecycle they word.
+_VARIANTS = {"cancelled": Lifecycle.CANCEL, "corrected": Lifecycle.CORRECT, "updated": Lifecycle.UPDATE}
+_LABELS = {"corrected": Lifecycle.CORRECT, "cancelled": Lifecycle.CANCEL}
+_DEFAULT_FORMATS = {"time": "%Y-%m-%d %H:%M %Z", "date": "%Y-%m-%d"}
 
 # A compiled template: literal text, a placeholder name, or an optional group of those.
 _Part: TypeAlias = str | tuple[str] | list["_Part"]
@@ -245,6 +274,8 @@ class _Fact:
     label: str
     value: _Text
     for_each: str | None
+    #: Event type globs the line is for; empty: every type.
+    types: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,47 +290,154 @@ class _Entry:
     facts: tuple[_Fact, ...] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Locale:
+    """One compiled locale file."""
+
+    entries: dict[str, _Entry]
+    #: Channel kind → event type → the entry with that kind's overrides layered in.
+    kinds: dict[str, dict[str, _Entry]]
+    facts: tuple[_Fact, ...]
+    labels: dict[Lifecycle, str]
+    event_names: dict[str, str]
+    patient_classes: dict[str, str]
+    sexes: dict[str, str]
+    severities: dict[str, str]
+    formats: dict[str, str]
+
+    def entry(self, type_name: str, kind: str | None) -> _Entry | None:
+        own = self.kinds.get(kind, {}).get(type_name) if kind is not None else None
+        return own if own is not None else self.entries.get(type_name)
+
+
+def _templates_dir() -> Path:
+    return mappings_dir() / "templates"
+
+
+def _site_files(extra_paths: Iterable[Path]) -> list[Path]:
+    """``templates/<locale>.yaml`` in each extra mapping folder, in the order given."""
+    return [p for extra in extra_paths if extra.is_dir() for p in sorted((extra / "templates").glob("*.yaml"))]
+
+
+def template_locales(extra_paths: Iterable[Path] = ()) -> frozenset[str]:
+    """Locales with a wording file: the bundled ones and the site's (``templates/<locale>.yaml`` in extra folders)."""
+    files = [*_templates_dir().glob("*.yaml"), *_site_files(extra_paths)]
+    return frozenset(p.stem for p in files)
+
+
 class Templates:
-    """The compiled wording of every event type, from ``mappings/templates.yaml``."""
+    """The compiled wording of every locale, from ``mappings/templates/`` and the site's overrides."""
 
-    def __init__(self, entries: dict[str, _Entry], facts: tuple[_Fact, ...], patient_classes: dict[str, str]) -> None:
-        self._entries = entries
-        self._facts = facts
-        self._patient_classes = patient_classes
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> Templates:
-        """Load and check ``path`` (default: the bundled templates). Raises MappingError naming the place."""
-        base = mappings_dir()
-        path = path if path is not None else base / "templates.yaml"
-        doc = load_document(path, base / "templates.schema.json")
-        return cls.from_document(doc, source=str(path))
+    def __init__(self, locales: dict[str, _Locale], *, timezone: tzinfo = UTC) -> None:
+        self._locales = locales
+        self.timezone = timezone
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any], *, source: str = "templates") -> Templates:
-        """Compile an already schema-valid document (placeholders are checked here)."""
-        facts = _compile_facts(doc["facts"], source, "$.facts")
-        entries: dict[str, _Entry] = {}
-        for type_name, spec in doc["events"].items():
-            where = f"$.events['{type_name}']"
-            wording = {Lifecycle.NEW: _compile_wording(spec, source, where)}
-            for key, lifecycle in (("cancelled", Lifecycle.CANCEL), ("corrected", Lifecycle.CORRECT)):
-                if key in spec:
-                    wording[lifecycle] = _compile_wording(spec[key], source, f"{where}.{key}")
-            own = _compile_facts(spec["facts"], source, f"{where}.facts") if "facts" in spec else None
-            entries[type_name] = _Entry(wording, own)
-        return cls(entries, facts, dict(doc.get("patient_classes", {})))
+    def load(cls, extra_paths: Iterable[Path] = (), *, timezone: tzinfo = UTC) -> Templates:
+        """The bundled locales, each with the site's ``templates/<locale>.yaml`` layered over it.
 
-    def covers(self, event_type: EventType) -> bool:
-        """True when the event type has its own wording (else a generic one is used)."""
-        return event_type.value in self._entries
+        A site file is layered key by key (``bridge.mapping.layer``): an event type's
+        entry changes only in the keys the site gives; a site file for a locale that
+        is not bundled is a new locale, complete on its own. ``timezone`` is where
+        ``{time}`` and ``{start}`` are told. Raises MappingError naming the file (the
+        last one layered) and the JSON path.
+        """
+        files: dict[str, list[Path]] = {}
+        for path in [*sorted(_templates_dir().glob("*.yaml")), *_site_files(extra_paths)]:
+            files.setdefault(path.stem, []).append(path)
+        schema = _read(_templates_dir() / "schema.json")
+        locales: dict[str, _Locale] = {}
+        for locale, paths in files.items():
+            doc: Any = None
+            for path in paths:
+                part = _read(path)
+                doc = part if doc is None else layer(doc, part)
+            source = str(paths[-1])
+            _check(doc, schema, source)
+            locales[locale] = _compile_locale(doc, source)
+        return cls(locales, timezone=timezone)
 
-    def _wording(self, event: ClinicalEvent) -> tuple[_Wording | None, tuple[_Fact, ...]]:
-        entry = self._entries.get(event.type.value)
-        if entry is None:
-            return None, self._facts
-        wording = entry.wording.get(event.lifecycle, entry.wording[Lifecycle.NEW])
-        return wording, entry.facts if entry.facts is not None else self._facts
+    @classmethod
+    def from_documents(cls, docs: dict[str, dict[str, Any]], *, timezone: tzinfo = UTC) -> Templates:
+        """Compile already schema-valid documents, by locale (placeholders are checked here)."""
+        return cls(
+            {locale: _compile_locale(doc, f"templates/{locale}") for locale, doc in docs.items()}, timezone=timezone
+        )
+
+    @property
+    def locales(self) -> frozenset[str]:
+        return frozenset(self._locales)
+
+    def covers(self, event_type: EventType, locale: str = "en") -> bool:
+        """True when the event type has its own wording in ``locale`` (else a generic one is used)."""
+        return event_type.value in self._locale(locale).entries
+
+    def label(self, lifecycle: Lifecycle, locale: str = "en") -> str | None:
+        """How a post of ``lifecycle`` is marked (corrections and cancellations), or None."""
+        return self._locale(locale).labels.get(lifecycle)
+
+    def _locale(self, locale: str) -> _Locale:
+        try:
+            return self._locales[locale]
+        except KeyError:
+            known = ", ".join(sorted(self._locales))
+            raise MappingError(f"no templates for locale {locale!r} (known: {known})") from None
+
+
+def _read(path: Path) -> Any:
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MappingError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    except ValueError as exc:
+        raise MappingError(f"not valid JSON: {exc}", source=str(path)) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise MappingError(f"not valid YAML: {exc}", source=str(path), path=where) from exc
+
+
+def _check(doc: Any, schema: Any, source: str) -> None:
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if error is not None:
+        raise MappingError(error.message, source=source, path=error.json_path)
+
+
+def _compile_locale(doc: dict[str, Any], source: str) -> _Locale:
+    entries = {name: _compile_entry(spec, source, f"$.events['{name}']") for name, spec in doc["events"].items()}
+    kinds: dict[str, dict[str, _Entry]] = {}
+    for kind, spec in doc.get("channels", {}).items():
+        kinds[kind] = {}
+        for name, patch in spec["events"].items():
+            where = f"$.channels.{kind}.events['{name}']"
+            merged = layer(doc["events"].get(name, {}), patch)
+            if "title" not in merged:
+                raise MappingError(
+                    f"{name} has no default entry to layer over: give a title", source=source, path=where
+                )
+            kinds[kind][name] = _compile_entry(merged, source, where)
+    return _Locale(
+        entries=entries,
+        kinds=kinds,
+        facts=_compile_facts(doc["facts"], source, "$.facts"),
+        labels={_LABELS[key]: text for key, text in doc["labels"].items()},
+        event_names=dict(doc.get("event_names", {})),
+        patient_classes=dict(doc.get("patient_classes", {})),
+        sexes=dict(doc.get("sexes", {})),
+        severities=dict(doc.get("severities", {})),
+        formats={**_DEFAULT_FORMATS, **doc.get("formats", {})},
+    )
+
+
+def _compile_entry(spec: dict[str, Any], source: str, where: str) -> _Entry:
+    wording = {Lifecycle.NEW: _compile_wording(spec, source, where)}
+    for key, lifecycle in _VARIANTS.items():
+        if key in spec:
+            wording[lifecycle] = _compile_wording(spec[key], source, f"{where}.{key}")
+    own = _compile_facts(spec["facts"], source, f"{where}.facts") if "facts" in spec else None
+    return _Entry(wording, own)
 
 
 def _compile_wording(spec: dict[str, Any], source: str, where: str) -> _Wording:
@@ -314,7 +452,8 @@ def _compile_facts(specs: list[dict[str, Any]], source: str, where: str) -> tupl
     for i, spec in enumerate(specs):
         for_each = spec.get("for_each")
         names = _PLACEHOLDERS | {"observation"} if for_each else _PLACEHOLDERS
-        facts.append(_Fact(spec["label"], _compile_text(spec["value"], source, f"{where}[{i}].value", names), for_each))
+        value = _compile_text(spec["value"], source, f"{where}[{i}].value", names)
+        facts.append(_Fact(spec["label"], value, for_each, tuple(spec.get("types", ()))))
     return tuple(facts)
 
 
@@ -342,7 +481,43 @@ def _patient_name(p: Patient, level: PhiLevel) -> str | None:
     return "".join(f"{i}." for i in initials) or None
 
 
-def _values(event: ClinicalEvent, level: PhiLevel, patient_classes: dict[str, str]) -> dict[str, str | None]:
+def _bed(loc: Location) -> str | None:
+    # "4E-12": how a ward names a bed; a unit alone is not a bed.
+    if not (loc.room or loc.bed):
+        return None
+    return "-".join(p for p in (loc.unit, loc.room, loc.bed) if p)
+
+
+def _identity(link: str | None) -> str | None:
+    """A merge link as shown: "value (authority)" from "authority|value"; a cut "…2345" as it is."""
+    if not link:
+        return None
+    authority, _, value = link.rpartition("|")
+    return f"{value} ({authority})" if authority else value
+
+
+def _cancels(link: str | None, names: dict[str, str]) -> str | None:
+    if not link or not _names_event_types(link):
+        return None
+    words = dict.fromkeys(names.get(part, part) for part in link.split(","))
+    return "/".join(words)
+
+
+def _when(text: str | None, formats: dict[str, str], zone: tzinfo) -> str | None:
+    """An ISO date or date-time in the locale's format; a naive time is taken to be the deployment's."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if len(text) <= 10:
+        return value.strftime(formats["date"])
+    value = value.replace(tzinfo=zone) if value.tzinfo is None else value.astimezone(zone)
+    return value.strftime(formats["time"])
+
+
+def _values(event: ClinicalEvent, level: PhiLevel, loc: _Locale, zone: tzinfo) -> dict[str, str | None]:
     p = event.patient
     enc = event.encounter
     subject = event.subject
@@ -353,23 +528,29 @@ def _values(event: ClinicalEvent, level: PhiLevel, patient_classes: dict[str, st
     return {
         "patient": _patient_name(p, level),
         "mrn": p.mrn.value if p.mrn is not None else None,
-        "birth_date": p.birth_date,
-        "sex": p.sex,
+        "birth_date": _when(p.birth_date, loc.formats, zone),
+        "sex": loc.sexes.get(p.sex, p.sex) if p.sex else None,
         "visit_number": enc.visit_number,
-        "patient_class": patient_classes.get(patient_class, patient_class) if patient_class else None,
+        "patient_class": loc.patient_classes.get(patient_class, patient_class) if patient_class else None,
         "location": enc.location.display or None,
         "prior_location": prior or None,
         "unit": enc.location.unit,
         "facility": enc.location.facility,
+        "bed": _bed(enc.location),
         "attending": attending or None,
         "subject": (subject.text or subject.code) if subject is not None else None,
         "subject_status": subject.status if subject is not None else None,
+        "detail": subject.detail if subject is not None else None,
+        "start": _when(subject.start, loc.formats, zone) if subject is not None else None,
         "observations": _join([_observation_line(o) for o in observations]),
         "abnormal_observations": _join([_observation_line(o) for o in observations if _is_abnormal(o)]),
         "critical_observations": _join([_observation_line(o) for o in observations if o.critical]),
-        "severity": event.severity.value,
+        "cancels": _cancels(event.links.get("cancels"), loc.event_names),
+        "merged_from": _identity(event.links.get("replaces")),
+        "merged_into": _identity(event.links.get("replaced_by")),
+        "severity": loc.severities.get(event.severity.value, event.severity.value),
         "type": event.type.value,
-        "time": (None if level == PhiLevel.NONE else event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        "time": event.occurred_at.astimezone(zone).strftime(loc.formats["time"]),
     }
 
 
@@ -392,19 +573,33 @@ def _sentence(text: str) -> str:
 
 
 def compose(
-    event: ClinicalEvent, level: PhiLevel, templates: Templates
+    event: ClinicalEvent,
+    level: PhiLevel,
+    templates: Templates,
+    *,
+    locale: str = "en",
+    kind: str | None = None,
 ) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    """Title, summary and facts of ``event`` for a channel at ``level``, from the reduced event only."""
+    """Title, summary and facts of ``event`` for a channel at ``level``, from the reduced event only.
+
+    ``locale`` picks the wording file, ``kind`` (the channel's adapter type) its
+    overrides for that kind of channel, if it has any.
+    """
+    loc = templates._locale(locale)
     view = _reduce(event, level)
-    values = _values(view, level, templates._patient_classes)
-    wording, fact_specs = templates._wording(view)
-    if wording is None:
-        title, summary = view.type.value, ""
+    values = _values(view, level, loc, templates.timezone)
+    entry = loc.entry(view.type.value, kind)
+    if entry is None:
+        title, summary, fact_specs = view.type.value, "", loc.facts
     else:
+        wording = entry.wording.get(view.lifecycle, entry.wording[Lifecycle.NEW])
         title, summary = _sentence(wording.title.render(values)), _sentence(wording.summary.render(values))
+        fact_specs = entry.facts if entry.facts is not None else loc.facts
     facts: list[tuple[str, str]] = []
     observations = view.subject.observations if view.subject is not None else ()
     for fact in fact_specs:
+        if fact.types and not type_matches(view.type.value, fact.types):
+            continue
         if fact.for_each is None:
             value = _tidy(fact.value.render(values))
             if value:

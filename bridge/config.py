@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from bridge.channels import ChannelConfig, adapter_class
+from bridge.channels import LOCALE_PATTERN, ChannelConfig, adapter_class
 from bridge.errors import ConfigError
 from bridge.events import Severity
 
@@ -36,6 +38,7 @@ __all__ = [
     "Settings",
     "StoreConfig",
     "SubscriptionConfig",
+    "TemplatesConfig",
     "TlsConfig",
     "load_config",
     "parse_config",
@@ -127,6 +130,8 @@ class RouteConfig(_Section):
     name: str
     match: RouteMatch = RouteMatch()
     channels: list[str] = Field(min_length=1)
+    #: Locale of the wording for this route's channels (unless a channel names its own).
+    locale: str | None = Field(None, pattern=LOCALE_PATTERN)
 
 
 class DeliveryConfig(_Section):
@@ -152,6 +157,35 @@ class MappingConfig(_Section):
     #: Assigning authorities of this site's MRNs (HL7 CX-4.1, FHIR Identifier.system), most preferred first:
     #: picks the MRN when PID-3 carries MR identifiers of several authorities.
     mrn_authorities: list[str] = Field(default_factory=list)
+
+
+def _zone(name: str) -> tzinfo:
+    """The IANA time zone ``name``; UTC needs no time zone database."""
+    if name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Berlin, America/New_York)") from exc
+
+
+class TemplatesConfig(_Section):
+    """The wording of notifications: ``mappings/templates/<locale>.yaml`` (see docs/configuration.md)."""
+
+    #: Locale of every channel that neither names its own nor gets one from its routes.
+    locale: str = Field("en", pattern=LOCALE_PATTERN)
+    #: IANA time zone in which ``{time}`` and ``{start}`` are shown (and naive appointment times are read).
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
+    @property
+    def zone(self) -> tzinfo:
+        return _zone(self.timezone)
 
 
 class FhirAuthConfig(_Section):
@@ -281,6 +315,7 @@ class Settings(_Section):
     listeners: list[ListenerConfig] = Field(default_factory=_default_listeners)
     dedup: DedupConfig = DedupConfig()
     mapping: MappingConfig = MappingConfig()
+    templates: TemplatesConfig = TemplatesConfig()
     routes: list[RouteConfig] = Field(default_factory=_default_routes)
     #: Channel name → the adapter's settings (``type`` picks the adapter).
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
@@ -341,10 +376,44 @@ class Settings(_Section):
                         f"unknown channel {channel!r} (configured: {known})",
                         path=f"routes[{i}].channels[{j}]",
                     )
+        self._check_locales()
         return self
 
     def listener(self, name: str) -> ListenerConfig | None:
         return next((x for x in self.listeners if x.name == name), None)
+
+    def channel_locales(self) -> dict[str, str]:
+        """The locale of each channel: its own ``locale``, else its routes', else ``templates.locale``."""
+        return {name: locale for name, (locale, _) in self._locale_sources().items()}
+
+    def _locale_sources(self) -> dict[str, tuple[str, str]]:
+        """Each channel's locale and the YAML path that gives it; a ConfigError when two paths disagree."""
+        given = {name: (cfg.locale, f"channels.{name}.locale") for name, cfg in self.channels.items() if cfg.locale}
+        for i, route in enumerate(self.routes):
+            if route.locale is None:
+                continue
+            for channel in route.channels:
+                locale, path = given.setdefault(channel, (route.locale, f"routes[{i}].locale"))
+                if locale != route.locale:
+                    raise ConfigError(
+                        f"channel {channel!r} already has locale {locale!r} from {path}", path=f"routes[{i}].locale"
+                    )
+        return {name: given.get(name, (self.templates.locale, "templates.locale")) for name in self.channels}
+
+    def _check_locales(self) -> None:
+        # Imported here: bridge.compose builds on bridge.mapping, which imports this module.
+        from bridge.compose import template_locales
+
+        known = template_locales(self.mapping.extra_paths)
+        named = [(self.templates.locale, "templates.locale")]
+        named += [(cfg.locale, f"channels.{name}.locale") for name, cfg in self.channels.items() if cfg.locale]
+        named += [(r.locale, f"routes[{i}].locale") for i, r in enumerate(self.routes) if r.locale]
+        for locale, path in named:
+            if locale not in known:
+                raise ConfigError(
+                    f"no templates for locale {locale!r} (available: {', '.join(sorted(known))})", path=path
+                )
+        self._locale_sources()
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

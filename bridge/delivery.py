@@ -22,7 +22,7 @@ from bridge import metrics
 from bridge.channels import OutboundAdapter, PhiLevel, Post
 from bridge.compose import Templates, compose, redact
 from bridge.config import DeliveryConfig
-from bridge.errors import Permanent, Retryable
+from bridge.errors import ConfigError, Permanent, Retryable
 from bridge.events import Lifecycle
 from bridge.logs import error_fields
 from bridge.store import ClaimedDelivery, Store
@@ -104,6 +104,8 @@ class ChannelWorker:
         policy: RetryPolicy,
         templates: Templates,
         phi: PhiLevel,
+        locale: str = "en",
+        kind: str | None = None,
         poll_interval: float = 0.5,
         max_in_flight: int = 4,
         rate_per_sec: float | None = None,
@@ -114,6 +116,14 @@ class ChannelWorker:
         self.policy = policy
         self.templates = templates
         self.phi = phi
+        #: Language of the wording, and the channel kind (adapter type) whose template overrides apply.
+        self.locale = locale
+        self.kind = kind
+        if locale not in templates.locales:
+            raise ConfigError(
+                f"no templates for locale {locale!r} (known: {', '.join(sorted(templates.locales))})",
+                path=f"channels.{name}.locale",
+            )
         self.poll_interval = poll_interval
         self.max_in_flight = max_in_flight
         self.limiter = RateLimiter(adapter.rate_per_sec if rate_per_sec is None else rate_per_sec)
@@ -168,16 +178,18 @@ class ChannelWorker:
             log.error("delivery.record_failed", channel=self.name, delivery_id=claimed.id, error=type(exc).__name__)
 
     def post_for(self, claimed: ClaimedDelivery) -> Post:
-        title, summary, facts = compose(claimed.event, self.phi, self.templates)
+        event = claimed.event
+        title, summary, facts = compose(event, self.phi, self.templates, locale=self.locale, kind=self.kind)
         return Post(
             delivery_id=claimed.id,
             channel=self.name,
-            event=redact(claimed.event, self.phi, hash_key=self.hash_key),
+            event=redact(event, self.phi, hash_key=self.hash_key),
             title=title,
             summary=summary,
             facts=facts,
             thread_ref=claimed.thread_ref if self.adapter.supports_threads else None,
             original_ref=claimed.original_ref if self.adapter.supports_update else None,
+            label=self.templates.label(event.lifecycle, self.locale),
         )
 
     async def deliver(self, claimed: ClaimedDelivery) -> None:

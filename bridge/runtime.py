@@ -66,7 +66,8 @@ class Runtime:
             settings.store.path, lease_seconds=settings.store.lease_seconds, synchronous=settings.store.synchronous
         )
         self.mapper = Mapper.load(MappingOptions.from_config(settings.mapping))
-        self.templates = Templates.load()
+        self.templates = Templates.load(settings.mapping.extra_paths, timezone=settings.templates.zone)
+        locales = settings.channel_locales()
         self.router = Router.from_config(settings.routes)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
         self.adapters: dict[str, OutboundAdapter] = {}
@@ -81,6 +82,8 @@ class Runtime:
                 policy=RetryPolicy.from_config(settings.delivery, max_attempts=settings.channels[name].max_attempts),
                 templates=self.templates,
                 phi=settings.channels[name].phi,
+                locale=locales[name],
+                kind=settings.channels[name].type,
                 poll_interval=settings.delivery.poll_interval,
                 max_in_flight=settings.delivery.max_in_flight,
                 rate_per_sec=settings.channels[name].rate_per_sec,

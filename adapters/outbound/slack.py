@@ -137,8 +137,9 @@ _SEVERITY_ICON = {
     Severity.CRITICAL: ":rotating_light:",
 }
 
-_LABELS = {Lifecycle.CORRECT: "Corrected", Lifecycle.CANCEL: "Cancelled"}
-_LABEL_ICON = {"Corrected": ":pencil2:", "Cancelled": ":no_entry_sign:"}
+#: Lifecycles that edit the original post, with the icon beside their label (the label's words come
+#: from the templates, in the channel's locale: "Corrected", "Storniert").
+_LABEL_ICON = {Lifecycle.CORRECT: ":pencil2:", Lifecycle.CANCEL: ":no_entry_sign:"}
 
 
 class SlackConfig(ChannelConfig):
@@ -231,11 +232,11 @@ class SlackAdapter:
     def render(self, post: Post) -> SlackCall:
         """The Web API call for ``post``. Pure: the same post always gives the same call."""
         lifecycle = post.event.lifecycle
-        label = _LABELS.get(lifecycle)
-        prefix = f"{label}: " if label else ""
+        label = post.label if lifecycle in _LABEL_ICON else None
+        prefix = f"{_mrkdwn(label, MAX_HEADER_TEXT)}: " if label else ""
         room = MAX_TEXT - len(prefix)
         channel = self._config.channel
-        if post.original_ref is not None and label is not None:
+        if post.original_ref is not None and lifecycle in _LABEL_ICON:
             struck = lifecycle is Lifecycle.CANCEL
             return SlackCall(
                 "chat.update",
@@ -525,7 +526,8 @@ def _section(text: str) -> dict[str, Any]:
 def _blocks(post: Post, *, label: str | None, struck: bool) -> list[dict[str, Any]]:
     """Title, label, summary, facts, then a context line with severity and event type."""
     head: list[dict[str, Any]] = []
-    label_block = [_context(f"{_LABEL_ICON[label]} *{label}*")] if label else []
+    icon = _LABEL_ICON.get(post.event.lifecycle)
+    label_block = [_context(f"{icon} *{_mrkdwn(label, MAX_HEADER_TEXT)}*")] if label and icon else []
     if struck:
         # A header is plain_text and cannot be struck through: the label leads, the title is a section.
         head += label_block

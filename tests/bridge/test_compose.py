@@ -1,4 +1,4 @@
-"""PHI reduction per channel level and the wording from mappings/templates.yaml.
+"""PHI reduction per channel level and the wording from mappings/templates/<locale>.yaml.
 
 Events come from synthetic HL7 messages through the real mapper, so the tests
 cover what channels will actually receive. Every name and number is invented.
@@ -10,14 +10,15 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
 from bridge.channels import PhiLevel
-from bridge.compose import Templates, compose, redact
+from bridge.compose import Templates, compose, redact, template_locales
 from bridge.errors import MappingError
-from bridge.events import ClinicalEvent, EventType, Lifecycle
+from bridge.events import ClinicalEvent, EventType, Identifier, Lifecycle, Subject
 from bridge.hl7.reader import parse
 from bridge.mapping import Mapper, mappings_dir
 
@@ -49,7 +50,9 @@ MESSAGES = {
     ),
     "ORU withdrawn": message("ORU^R01", "OBR|1|PL1|ACC125|CBC^Blood count", "OBX|1|NM|HGB^Hemoglobin||9.1|g/dL||N|||W"),
     "ORM NW": message("ORM^O01", "ORC|NW|ORD9", "OBR|1|ORD9||CBC^Blood count"),
+    "ADT^A40": message("ADT^A40", "MRG|MRN0042^^^TESTHOSP^MR"),
 }
+TEMPLATES = mappings_dir() / "templates"
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +84,26 @@ def test_full_level_is_the_event_unchanged(events: dict[str, ClinicalEvent]) -> 
     assert redact(event, PhiLevel.FULL) is event
 
 
-def test_limited_keeps_initials_year_sex_location_attending_and_results(
+def test_limited_keeps_initials_last_4_of_the_mrn_sex_location_attending_and_results(
     events: dict[str, ClinicalEvent],
 ) -> None:
     event = redact(events["ORU critical"], PhiLevel.LIMITED)
     p = event.patient
-    assert (p.given, p.family, p.birth_date, p.sex, p.mrn, p.identifiers) == ("A", "T", "1980", "F", None, ())
+    assert (p.given, p.family, p.birth_date, p.sex, p.identifiers) == ("A", "T", None, "F", ())
+    assert p.mrn == Identifier(value="…4711", authority="TESTHOSP", type="MR")
     assert event.encounter.visit_number is None
     assert event.encounter.location.display == "TESTHOSP/ICU/12/A"
     assert event.encounter.attending is not None and event.encounter.attending.family == "Doctor"
     assert event.subject is not None and event.subject.observations[0].value == "6.8"
 
 
-def test_none_keeps_no_patient_and_only_facility_unit_and_result_names(
+@pytest.mark.parametrize("mrn", ["4711", "711", " 4711 "])
+def test_limited_shows_nothing_of_an_mrn_of_4_characters_or_fewer(make_event: Any, mrn: str) -> None:
+    event = make_event(patient=make_event().patient.model_copy(update={"mrn": Identifier(value=mrn)}))
+    assert redact(event, PhiLevel.LIMITED).patient.mrn is None
+
+
+def test_none_keeps_no_patient_but_the_location_down_to_the_bed_and_result_names(
     events: dict[str, ClinicalEvent],
 ) -> None:
     event = redact(events["ORU critical"], PhiLevel.NONE)
@@ -106,7 +116,7 @@ def test_none_keeps_no_patient_and_only_facility_unit_and_result_names(
         "sex": None,
     }
     enc = event.encounter
-    assert (enc.visit_number, enc.attending, enc.location.display) == (None, None, "TESTHOSP/ICU")
+    assert (enc.visit_number, enc.attending, enc.location.display) == (None, None, "TESTHOSP/ICU/12/A")
     assert event.subject is not None
     k = event.subject.observations[0]
     assert (k.text, k.flags, k.critical, k.value, k.units, k.reference_range) == (
@@ -117,6 +127,14 @@ def test_none_keeps_no_patient_and_only_facility_unit_and_result_names(
         None,
         None,
     )
+
+
+def test_none_drops_the_free_text_detail(make_event: Any) -> None:
+    event = make_event(type=EventType.MEDICATION_ORDERED, subject=Subject(kind="medication", detail="5 mg PO"))
+    reduced = redact(event, PhiLevel.NONE)
+    assert reduced.subject is not None and reduced.subject.detail is None
+    limited = redact(event, PhiLevel.LIMITED)
+    assert limited.subject is not None and limited.subject.detail == "5 mg PO"
 
 
 @pytest.mark.parametrize("level", [PhiLevel.LIMITED, PhiLevel.NONE])
@@ -138,56 +156,80 @@ def test_links_naming_an_event_type_stay_readable(events: dict[str, ClinicalEven
     assert redact(events["ADT^A11"], PhiLevel.NONE).links == {"cancels": "encounter.admitted,encounter.arrived"}
 
 
+@pytest.mark.parametrize("level", [PhiLevel.LIMITED, PhiLevel.NONE])
+def test_merge_identities_are_pseudonyms_in_the_event(events: dict[str, ClinicalEvent], level: PhiLevel) -> None:
+    event = events["ADT^A40"]
+    assert set(event.links) == {"replaces", "replaced_by"}
+    reduced = redact(event, level)
+    assert all(value.startswith("k:") for value in reduced.links.values())
+    assert "MRN0042" not in reduced.model_dump_json()
+
+
 # --- compose --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("locale", ["en", "de"])
 @pytest.mark.parametrize("name", list(MESSAGES))
-def test_limited_never_shows_the_family_name_or_mrn(
-    events: dict[str, ClinicalEvent], templates: Templates, name: str
+def test_limited_never_shows_the_name_full_mrn_visit_or_birth_date(
+    events: dict[str, ClinicalEvent], templates: Templates, name: str, locale: str
 ) -> None:
-    text = everything(*compose(events[name], PhiLevel.LIMITED, templates))
-    for secret in (FAMILY, GIVEN, MRN, VISIT, "1980-05-21"):
+    text = everything(*compose(events[name], PhiLevel.LIMITED, templates, locale=locale))
+    for secret in (FAMILY, GIVEN, MRN, VISIT, "1980", "OTHER99", "MRN0042"):
         assert secret not in text
 
 
+@pytest.mark.parametrize("locale", ["en", "de"])
 @pytest.mark.parametrize("name", list(MESSAGES))
 def test_none_shows_no_name_mrn_or_birth_date(
-    events: dict[str, ClinicalEvent], templates: Templates, name: str
+    events: dict[str, ClinicalEvent], templates: Templates, name: str, locale: str
 ) -> None:
-    text = everything(*compose(events[name], PhiLevel.NONE, templates))
-    for secret in (FAMILY, GIVEN, "A.T.", MRN, VISIT, "1980", "Doctor", "6.8"):
+    text = everything(*compose(events[name], PhiLevel.NONE, templates, locale=locale))
+    for secret in (FAMILY, GIVEN, "A.T.", MRN, "4711", VISIT, "1980", "Doctor", "6.8", "0042"):
         assert secret not in text
 
 
 @pytest.mark.parametrize("name", ["ADT^A01", "ORU critical", "ORM NW"])
 def test_full_shows_name_and_mrn(events: dict[str, ClinicalEvent], templates: Templates, name: str) -> None:
     title, _, facts = compose(events[name], PhiLevel.FULL, templates)
-    assert f"{FAMILY}, {GIVEN}" in title
+    assert f"{FAMILY}, {GIVEN} ({MRN})" in title
     assert ("MRN", MRN) in facts
 
 
 @pytest.mark.parametrize(
-    ("name", "level", "title"),
+    ("name", "level", "locale", "title"),
     [
-        ("ADT^A01", PhiLevel.FULL, f"Admitted: {FAMILY}, {GIVEN}"),
-        ("ADT^A01", PhiLevel.LIMITED, "Admitted: A.T."),
-        ("ADT^A01", PhiLevel.NONE, "Admitted"),
-        ("ORU critical", PhiLevel.LIMITED, "CRITICAL result: A.T."),
-        ("ORU withdrawn", PhiLevel.NONE, "Result withdrawn: Blood count"),
-        ("ORM NW", PhiLevel.NONE, "New order: Blood count"),
+        ("ADT^A01", PhiLevel.FULL, "en", f"Admitted: {FAMILY}, {GIVEN} ({MRN}) · Bed ICU-12-A"),
+        ("ADT^A01", PhiLevel.LIMITED, "en", "Admitted: A.T. (…4711) · Bed ICU-12-A"),
+        ("ADT^A01", PhiLevel.NONE, "en", "Admitted · Bed ICU-12-A"),
+        ("ADT^A01", PhiLevel.NONE, "de", "Aufnahme · Bett ICU-12-A"),
+        ("ADT^A11", PhiLevel.NONE, "en", "Admission/visit cancelled · Bed ICU-12-A"),
+        ("ADT^A11", PhiLevel.NONE, "de", "Aufnahme/Anmeldung storniert · Bett ICU-12-A"),
+        (
+            "ORU critical",
+            PhiLevel.LIMITED,
+            "en",
+            "CRITICAL result: Basic metabolic panel · A.T. (…4711) · Bed ICU-12-A",
+        ),
+        ("ORU critical", PhiLevel.NONE, "de", "Kritischer Befund: Basic metabolic panel · Bett ICU-12-A"),
+        ("ORU withdrawn", PhiLevel.NONE, "en", "Result withdrawn: Blood count · Bed ICU-12-A"),
+        ("ORM NW", PhiLevel.NONE, "en", "New order: Blood count · Bed ICU-12-A"),
+        ("ADT^A40", PhiLevel.NONE, "en", "Patient records merged"),
     ],
 )
 def test_title_drops_optional_parts_without_a_value(
-    events: dict[str, ClinicalEvent], templates: Templates, name: str, level: PhiLevel, title: str
+    events: dict[str, ClinicalEvent], templates: Templates, name: str, level: PhiLevel, locale: str, title: str
 ) -> None:
-    assert compose(events[name], level, templates)[0] == title
+    assert compose(events[name], level, templates, locale=locale)[0] == title
 
 
 def test_admission_summary_reads_as_a_sentence(events: dict[str, ClinicalEvent], templates: Templates) -> None:
     assert compose(events["ADT^A01"], PhiLevel.LIMITED, templates)[1] == (
         "Inpatient admission to TESTHOSP/ICU/12/A under Dr Test Doctor."
     )
-    assert compose(events["ADT^A01"], PhiLevel.NONE, templates)[1] == "Inpatient admission to TESTHOSP/ICU."
+    assert compose(events["ADT^A01"], PhiLevel.NONE, templates)[1] == "Inpatient admission to TESTHOSP/ICU/12/A."
+    assert compose(events["ADT^A01"], PhiLevel.NONE, templates, locale="de")[1] == (
+        "Aufnahme (stationär) auf TESTHOSP/ICU/12/A."
+    )
 
 
 def test_transfer_summary_names_both_locations(events: dict[str, ClinicalEvent], templates: Templates) -> None:
@@ -216,8 +258,105 @@ def test_final_result_summary_lists_the_abnormal_lines(events: dict[str, Clinica
     )
 
 
-def test_every_event_type_has_wording(templates: Templates) -> None:
-    assert [t for t in EventType if not templates.covers(t)] == []
+@pytest.mark.parametrize(
+    ("level", "merged"),
+    [
+        (PhiLevel.FULL, [("Merged from", "MRN0042 (TESTHOSP)"), ("Merged into", "MRN4711 (TESTHOSP)")]),
+        (PhiLevel.LIMITED, [("Merged from", "…0042"), ("Merged into", "…4711")]),
+        (PhiLevel.NONE, []),
+    ],
+)
+def test_a_merge_names_both_identities_as_far_as_the_level_allows(
+    events: dict[str, ClinicalEvent], templates: Templates, level: PhiLevel, merged: list[tuple[str, str]]
+) -> None:
+    facts = compose(events["ADT^A40"], level, templates)[2]
+    assert [f for f in facts if f[0].startswith("Merged")] == merged
+
+
+@pytest.mark.parametrize("level", list(PhiLevel))
+def test_every_level_shows_event_location_severity_and_time(
+    events: dict[str, ClinicalEvent], templates: Templates, level: PhiLevel
+) -> None:
+    title, _, facts = compose(events["ORU critical"], level, templates)
+    assert title.startswith("CRITICAL result") and "Bed ICU-12-A" in title
+    assert ("Location", "TESTHOSP/ICU/12/A") in facts
+    assert ("Time", "2024-01-15 10:30 UTC") in facts  # MSH-7: this ORU has no OBR-22
+
+
+def test_time_is_told_in_the_deployment_time_zone(events: dict[str, ClinicalEvent]) -> None:
+    berlin = Templates.load(timezone=ZoneInfo("Europe/Berlin"))
+    facts = dict(compose(events["ADT^A01"], PhiLevel.NONE, berlin, locale="de")[2])
+    assert facts["Zeitpunkt"] == "15.01.2024 11:25 CET"
+
+
+@pytest.mark.parametrize(
+    ("start", "shown"),
+    [
+        ("2024-07-01T08:30:00", "2024-07-01 08:30 CEST"),  # naive: the sender's local time, taken as the site's
+        ("2024-07-01T06:30:00+00:00", "2024-07-01 08:30 CEST"),
+        ("2024-07-01", "2024-07-01"),
+        ("next week", "next week"),
+    ],
+)
+def test_an_appointment_start_is_formatted_in_the_deployment_time_zone(make_event: Any, start: str, shown: str) -> None:
+    berlin = Templates.load(timezone=ZoneInfo("Europe/Berlin"))
+    event = make_event(type=EventType.APPOINTMENT_BOOKED, subject=Subject(kind="appointment", start=start))
+    assert dict(compose(event, PhiLevel.NONE, berlin)[2])["Starts"] == shown
+
+
+def test_facts_with_types_appear_only_for_those_types(events: dict[str, ClinicalEvent], templates: Templates) -> None:
+    assert ("Order", "Blood count") in compose(events["ORM NW"], PhiLevel.NONE, templates)[2]
+    assert [label for label, _ in compose(events["ORU final"], PhiLevel.NONE, templates)[2] if label == "Order"] == []
+
+
+@pytest.mark.parametrize(
+    ("locale", "corrected", "cancelled"), [("en", "Corrected", "Cancelled"), ("de", "Korrigiert", "Storniert")]
+)
+def test_labels_of_corrections_and_cancellations_are_in_the_locale(
+    templates: Templates, locale: str, corrected: str, cancelled: str
+) -> None:
+    assert templates.label(Lifecycle.CORRECT, locale) == corrected
+    assert templates.label(Lifecycle.CANCEL, locale) == cancelled
+    assert templates.label(Lifecycle.NEW, locale) is None
+    assert templates.label(Lifecycle.UPDATE, locale) is None
+
+
+def test_an_unknown_locale_is_an_error_naming_the_known_ones(
+    events: dict[str, ClinicalEvent], templates: Templates
+) -> None:
+    with pytest.raises(MappingError, match=r"'fr'.*de, en"):
+        compose(events["ADT^A01"], PhiLevel.NONE, templates, locale="fr")
+
+
+# --- the template files ---------------------------------------------------------------------------
+
+
+def bundled(locale: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((TEMPLATES / f"{locale}.yaml").read_text(encoding="utf-8"))
+    return doc
+
+
+def test_the_bundled_locales_are_english_and_german() -> None:
+    assert template_locales() == {"en", "de"}
+    assert Templates.load().locales == {"en", "de"}
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_every_event_type_has_wording_and_a_name(templates: Templates, locale: str) -> None:
+    assert [t for t in EventType if not templates.covers(t, locale)] == []
+    assert set(bundled(locale)["event_names"]) == {t.value for t in EventType}
+
+
+def test_both_locales_have_the_same_structure() -> None:
+    def shape(doc: dict[str, Any]) -> Any:
+        return (
+            {name: sorted(entry) for name, entry in doc["events"].items()},
+            [{k: v for k, v in fact.items() if k != "label"} for fact in doc["facts"]],
+            sorted(doc["patient_classes"]),
+            sorted(doc["sexes"]),
+        )
+
+    assert shape(bundled("de")) == shape(bundled("en"))
 
 
 def test_every_event_type_and_lifecycle_composes_a_title(templates: Templates) -> None:
@@ -233,16 +372,16 @@ def test_every_event_type_and_lifecycle_composes_a_title(templates: Templates) -
                 lifecycle=lifecycle,
             )
             for level in PhiLevel:
-                title, _, _ = compose(event, level, templates)
-                assert title and "{" not in title and "[" not in title
+                for locale in ("en", "de"):
+                    title, _, _ = compose(event, level, templates, locale=locale)
+                    assert title and "{" not in title and "[" not in title
 
 
-def write_templates(tmp_path: Path, change: dict[str, Any]) -> Path:
-    doc = yaml.safe_load((mappings_dir() / "templates.yaml").read_text(encoding="utf-8"))
-    doc["events"]["order.placed"].update(change)
-    path = tmp_path / "templates.yaml"
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return path
+def site_folder(tmp_path: Path, locale: str, doc: dict[str, Any]) -> Path:
+    folder = tmp_path / "site"
+    (folder / "templates").mkdir(parents=True, exist_ok=True)
+    (folder / "templates" / f"{locale}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return folder
 
 
 @pytest.mark.parametrize(
@@ -253,35 +392,76 @@ def write_templates(tmp_path: Path, change: dict[str, Any]) -> Path:
         ({"summary": "Ordered [by {attending}"}, "$.events['order.placed'].summary"),
         ({"summary": "Ordered {attending"}, "$.events['order.placed'].summary"),
         ({"title": "Order for {observation}"}, "$.events['order.placed'].title"),
+        ({"title": "Order for {patient.family}"}, "$.events['order.placed'].title"),
         ({"colour": "red"}, "$.events['order.placed']"),
     ],
 )
-def test_bad_templates_are_rejected_naming_file_and_place(
+def test_bad_site_templates_are_rejected_naming_file_and_place(
     tmp_path: Path, change: dict[str, Any], json_path: str
 ) -> None:
-    path = write_templates(tmp_path, change)
+    folder = site_folder(tmp_path, "en", {"events": {"order.placed": change}})
     with pytest.raises(MappingError) as caught:
-        Templates.load(path)
-    assert (caught.value.source, caught.value.path) == (str(path), json_path)
+        Templates.load([folder])
+    assert (caught.value.source, caught.value.path) == (str(folder / "templates" / "en.yaml"), json_path)
 
 
-def test_templates_load_from_a_site_file(tmp_path: Path, events: dict[str, ClinicalEvent]) -> None:
-    site = Templates.load(write_templates(tmp_path, {"title": "Order[ for {patient}]: {subject}"}))
-    assert compose(events["ORM NW"], PhiLevel.LIMITED, site)[0] == "Order for A.T.: Blood count"
+def test_a_site_file_rewords_one_entry_and_keeps_the_rest(tmp_path: Path, events: dict[str, ClinicalEvent]) -> None:
+    folder = site_folder(tmp_path, "en", {"events": {"order.placed": {"title": "Order[ for {patient}]: {subject}"}}})
+    site = Templates.load([folder])
+    title, summary, _ = compose(events["ORM NW"], PhiLevel.LIMITED, site)
+    assert title == "Order for A.T.: Blood count"
+    assert summary == compose(events["ORM NW"], PhiLevel.LIMITED, Templates.load())[1]
+    # Other locales and entries are the bundled ones.
+    assert compose(events["ADT^A01"], PhiLevel.NONE, site, locale="de")[0] == "Aufnahme · Bett ICU-12-A"
+
+
+def test_a_site_file_may_add_a_locale(tmp_path: Path, events: dict[str, ClinicalEvent]) -> None:
+    doc = bundled("en")
+    doc["events"]["encounter.admitted"]["title"] = "Admis[ : {patient}]"
+    folder = site_folder(tmp_path, "fr", doc)
+    assert template_locales([folder]) == {"en", "de", "fr"}
+    site = Templates.load([folder])
+    assert compose(events["ADT^A01"], PhiLevel.LIMITED, site, locale="fr")[0] == "Admis : A.T."
+
+
+def test_a_new_site_locale_must_be_complete(tmp_path: Path) -> None:
+    folder = site_folder(tmp_path, "fr", {"events": {"order.placed": {"title": "Commande"}}})
+    with pytest.raises(MappingError) as caught:
+        Templates.load([folder])
+    assert caught.value.source == str(folder / "templates" / "fr.yaml")
+
+
+def test_a_channel_kind_override_applies_to_that_kind_only(events: dict[str, ClinicalEvent]) -> None:
+    doc = bundled("en")
+    doc["channels"] = {
+        "slack": {"events": {"result.critical": {"summary": "Call the lab[: {critical_observations}]."}}}
+    }
+    templates = Templates.from_documents({"en": doc})
+    event = events["ORU critical"]
+    slack = compose(event, PhiLevel.NONE, templates, kind="slack")
+    plain = compose(event, PhiLevel.NONE, templates, kind="inbox")
+    assert slack[1] == "Call the lab: Potassium HH."
+    assert plain[1] == "Potassium HH. Needs review now."
+    assert slack[0] == plain[0]  # the title was not overridden: it stays the default one
+    assert compose(event, PhiLevel.NONE, templates)[1] == plain[1]
+
+
+def test_a_site_file_may_override_wording_per_channel_kind(tmp_path: Path, events: dict[str, ClinicalEvent]) -> None:
+    folder = site_folder(
+        tmp_path, "de", {"channels": {"slack": {"events": {"encounter.admitted": {"title": "Neu auf Station"}}}}}
+    )
+    site = Templates.load([folder])
+    assert compose(events["ADT^A01"], PhiLevel.NONE, site, locale="de", kind="slack")[0] == "Neu auf Station"
+    assert compose(events["ADT^A01"], PhiLevel.NONE, site, locale="de", kind="webhook")[0] == "Aufnahme · Bett ICU-12-A"
+
+
+def test_a_channel_kind_override_is_checked_like_any_entry(tmp_path: Path) -> None:
+    folder = site_folder(tmp_path, "en", {"channels": {"slack": {"events": {"order.placed": {"title": "{nope}"}}}}})
+    with pytest.raises(MappingError) as caught:
+        Templates.load([folder])
+    assert caught.value.path == "$.channels.slack.events['order.placed'].title"
 
 
 def test_templates_schema_event_types_are_the_catalogue() -> None:
-    schema = json.loads((mappings_dir() / "templates.schema.json").read_text(encoding="utf-8"))
+    schema = json.loads((TEMPLATES / "schema.json").read_text(encoding="utf-8"))
     assert set(schema["$defs"]["eventType"]["enum"]) == {t.value for t in EventType}
-
-
-def test_the_schemas_know_every_event_type_of_the_catalogue() -> None:
-    import json
-
-    from bridge.events import EventType
-    from bridge.mapping import mappings_dir
-
-    for name in ("schema.json", "templates.schema.json"):
-        text = json.dumps(json.loads((mappings_dir() / name).read_text()))
-        missing = [t.value for t in EventType if f'"{t.value}"' not in text]
-        assert missing == [], name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,112 @@ def test_inbox_console_refuses_full_phi_because_stdout_is_a_log() -> None:
     assert "console" in str(err.value)
     ok = parse_config({"channels": {"inbox": {"type": "inbox", "phi": "full", "console": False}}}, env={})
     assert ok.channels["inbox"].phi.value == "full"
+
+
+# -- templates: locale per channel, time zone ---------------------------------------------
+
+
+def inboxes(*names: str, **options: Any) -> dict[str, Any]:
+    return {name: {"type": "inbox", "console": False, **options.get(name, {})} for name in names}
+
+
+def test_templates_default_to_english_and_utc() -> None:
+    settings = parse_config({}, env={})
+
+    assert (settings.templates.locale, settings.templates.timezone) == ("en", "UTC")
+    assert settings.templates.zone == UTC  # no time zone database needed for the default
+    assert settings.channel_locales() == {"inbox": "en"}
+
+
+def test_a_channel_takes_its_own_locale_else_its_routes_else_the_default() -> None:
+    settings = parse_config(
+        {
+            "templates": {"locale": "de", "timezone": "Europe/Berlin"},
+            "channels": inboxes("own", "routed", "plain", own={"locale": "en"}),
+            "routes": [
+                {"name": "a", "channels": ["own", "routed"], "locale": "en"},
+                {"name": "b", "channels": ["routed", "plain"]},
+            ],
+        },
+        env={},
+    )
+
+    assert settings.channel_locales() == {"own": "en", "routed": "en", "plain": "de"}
+    assert str(settings.templates.zone) == "Europe/Berlin"
+
+
+def test_two_routes_may_give_a_channel_the_same_locale() -> None:
+    settings = parse_config(
+        {
+            "channels": inboxes("icu"),
+            "routes": [
+                {"name": "a", "channels": ["icu"], "locale": "de"},
+                {"name": "b", "channels": ["icu"], "locale": "de"},
+            ],
+        },
+        env={},
+    )
+
+    assert settings.channel_locales() == {"icu": "de"}
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "message"),
+    [
+        pytest.param(
+            {
+                "channels": inboxes("icu"),
+                "routes": [
+                    {"name": "a", "channels": ["icu"], "locale": "de"},
+                    {"name": "b", "channels": ["icu"], "locale": "en"},
+                ],
+            },
+            "routes[1].locale",
+            "channel 'icu' already has locale 'de' from routes[0].locale",
+            id="two-routes-disagree",
+        ),
+        pytest.param(
+            {
+                "channels": inboxes("icu", icu={"locale": "de"}),
+                "routes": [{"name": "a", "channels": ["icu"], "locale": "en"}],
+            },
+            "routes[0].locale",
+            "channel 'icu' already has locale 'de' from channels.icu.locale",
+            id="route-contradicts-channel",
+        ),
+        pytest.param({"templates": {"locale": "fr"}}, "templates.locale", "no templates for locale 'fr'", id="default"),
+        pytest.param(
+            {"channels": inboxes("icu", icu={"locale": "fr"}), "routes": []},
+            "channels.icu.locale",
+            "no templates for locale 'fr' (available: de, en)",
+            id="channel",
+        ),
+        pytest.param(
+            {"channels": inboxes("icu"), "routes": [{"name": "a", "channels": ["icu"], "locale": "fr"}]},
+            "routes[0].locale",
+            "no templates for locale 'fr'",
+            id="route",
+        ),
+        pytest.param(
+            {"channels": inboxes("icu", icu={"locale": "../en"}), "routes": []},
+            "channels.icu.locale",
+            "pattern",
+            id="not-a-locale-name",
+        ),
+        pytest.param({"templates": {"timezone": "Mars/Olympus"}}, "templates.timezone", "Mars/Olympus", id="zone"),
+        pytest.param({"templates": {"timezone": "../etc/passwd"}}, "templates.timezone", "IANA", id="zone-path"),
+    ],
+)
+def test_locale_and_time_zone_errors_name_the_yaml_path(data: dict[str, Any], path: str, message: str) -> None:
+    error = config_error(data)
+
+    assert error.path == path
+    assert message in str(error)
+
+
+def test_a_site_locale_in_the_mapping_folders_is_known(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "fr.yaml").write_text("events: {}\n", encoding="utf-8")
+    data = {"mapping": {"extra_paths": [str(tmp_path)]}, "templates": {"locale": "fr"}}
+
+    assert parse_config(data, env={}).channel_locales() == {"inbox": "fr"}

@@ -10,13 +10,15 @@ from contextlib import asynccontextmanager
 from typing import ClassVar
 
 import pytest
+import yaml
 
 from bridge.channels import ChannelConfig, PhiLevel, Post, SendResult
 from bridge.compose import Templates
 from bridge.config import DeliveryConfig
 from bridge.delivery import ChannelWorker, Dispatcher, RateLimiter, RetryPolicy
-from bridge.errors import Permanent, Retryable
-from bridge.events import ClinicalEvent
+from bridge.errors import ConfigError, Permanent, Retryable
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Subject
+from bridge.mapping import mappings_dir
 from bridge.store import ClaimedDelivery, JournalEntry, NewDelivery
 from bridge.store.sqlite import SQLiteStore
 
@@ -471,3 +473,71 @@ async def test_dispatcher_starts_and_stops_its_workers(
 
     assert not dispatcher.running
     assert [p.event.id for p in adapter.sent] == [event.id]
+
+
+# -- ChannelWorker.post_for: the channel's locale, kind and PHI level ----------------------------
+
+
+def worker_for(
+    store: SQLiteStore, templates: Templates, *, locale: str = "en", kind: str | None = None
+) -> ChannelWorker:
+    return ChannelWorker(
+        CHANNEL, FakeAdapter(), store, policy=FAST, templates=templates, phi=PhiLevel.LIMITED, locale=locale, kind=kind
+    )
+
+
+@pytest.mark.parametrize(
+    ("locale", "title", "label"),
+    [
+        ("en", "Corrected result: Potassium · A.T. (…0001) · Bed ICU-101-A", "Corrected"),
+        ("de", "Befund korrigiert: Potassium · A.T. (…0001) · Bett ICU-101-A", "Korrigiert"),
+    ],
+)
+async def test_post_is_worded_in_the_channels_locale_with_its_label(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    templates: Templates,
+    locale: str,
+    title: str,
+    label: str,
+) -> None:
+    event = make_event(
+        type=EventType.RESULT_CORRECTED,
+        lifecycle=Lifecycle.CORRECT,
+        subject=Subject(kind="result", key="LAB:F1", text="Potassium"),
+        links={"corrects": "LAB:F1"},
+    )
+    await commit(store, make_entry, event)
+
+    post = worker_for(store, templates, locale=locale).post_for(await claim_one(store))
+
+    assert (post.title, post.label) == (title, label)
+    assert post.event.patient.mrn is not None and post.event.patient.mrn.value == "…0001"
+    assert post.event.patient.family == "T" and post.event.patient.birth_date is None
+
+
+async def test_a_new_post_has_no_label(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, templates: Templates
+) -> None:
+    await commit(store, make_entry, make_event())
+    assert worker_for(store, templates, locale="de").post_for(await claim_one(store)).label is None
+
+
+async def test_post_takes_the_wording_of_its_channel_kind(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    doc = yaml.safe_load((mappings_dir() / "templates" / "en.yaml").read_text(encoding="utf-8"))
+    doc["channels"] = {"slack": {"events": {"encounter.admitted": {"title": "New on the ward[: {patient}]"}}}}
+    templates = Templates.from_documents({"en": doc})
+    await commit(store, make_entry, make_event())
+    claimed = await claim_one(store)
+
+    assert worker_for(store, templates, kind="slack").post_for(claimed).title == "New on the ward: A.T."
+    assert worker_for(store, templates, kind="inbox").post_for(claimed).title.startswith("Admitted: A.T.")
+
+
+def test_a_worker_for_a_locale_without_templates_is_a_config_error(store: SQLiteStore, templates: Templates) -> None:
+    with pytest.raises(ConfigError) as caught:
+        worker_for(store, templates, locale="fr")
+    assert caught.value.path == f"channels.{CHANNEL}.locale"

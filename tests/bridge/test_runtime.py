@@ -32,6 +32,13 @@ def test_channel_rate_overrides_the_adapter_default(tmp_path: Path) -> None:
     assert settings(tmp_path, rate_per_sec=4).dispatcher.workers["hook"].limiter.interval == 0.25
 
 
+def test_workers_word_in_their_channels_locale_and_kind(tmp_path: Path) -> None:
+    default = settings(tmp_path).dispatcher.workers["hook"]
+    german = settings(tmp_path, locale="de").dispatcher.workers["hook"]
+    assert (default.locale, default.kind) == ("en", "webhook")
+    assert (german.locale, german.kind) == ("de", "webhook")
+
+
 async def test_readyz_is_503_until_started_then_200(tmp_path: Path) -> None:
     runtime = settings(tmp_path)
     app = create_app(runtime)

@@ -74,6 +74,7 @@ def _post(
     thread_ref: str | None = None,
     original_ref: str | None = None,
     delivery_id: str = "dlv-0001",
+    label: str | None = None,
 ) -> Post:
     return Post(
         delivery_id=delivery_id,
@@ -84,6 +85,7 @@ def _post(
         facts=facts,
         thread_ref=thread_ref,
         original_ref=original_ref,
+        label=label,
     )
 
 
@@ -165,7 +167,12 @@ def test_without_thread_ref_the_post_is_top_level(adapter: SlackAdapter) -> None
 
 def test_correction_updates_the_original_post_and_says_corrected(adapter: SlackAdapter) -> None:
     call = adapter.render(
-        _post(lifecycle=Lifecycle.CORRECT, thread_ref="1700000000.000100", original_ref="1700000000.000200")
+        _post(
+            lifecycle=Lifecycle.CORRECT,
+            thread_ref="1700000000.000100",
+            original_ref="1700000000.000200",
+            label="Corrected",
+        )
     )
     assert call.method == "chat.update"
     assert set(call.body) == {"channel", "ts", "text", "blocks"}
@@ -186,6 +193,7 @@ def test_cancellation_strikes_the_original_post_and_says_cancelled(adapter: Slac
             summary="ICU bed 3\nattending Dr Test",
             facts=(("Unit", "ICU"),),
             original_ref="1700000000.000200",
+            label="Cancelled",
         )
     )
     assert call.method == "chat.update"
@@ -204,12 +212,49 @@ def test_cancellation_strikes_the_original_post_and_says_cancelled(adapter: Slac
 def test_correction_or_cancellation_without_original_is_a_new_reply_in_the_thread(
     adapter: SlackAdapter, lifecycle: Lifecycle, label: str
 ) -> None:
-    call = adapter.render(_post(lifecycle=lifecycle, thread_ref="1700000000.000100"))
+    call = adapter.render(_post(lifecycle=lifecycle, thread_ref="1700000000.000100", label=label))
     assert call.method == "chat.postMessage"
     assert call.body["thread_ts"] == "1700000000.000100"
     assert call.body["text"].startswith(f"{label}: ")
     assert "~" not in call.body["text"]
     assert f"*{label}*" in _block_texts(call.body["blocks"])
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "label", "icon"),
+    [(Lifecycle.CORRECT, "Korrigiert", ":pencil2:"), (Lifecycle.CANCEL, "Storniert", ":no_entry_sign:")],
+)
+def test_the_label_is_the_posts_own_wording_so_a_german_channel_reads_german(
+    adapter: SlackAdapter, lifecycle: Lifecycle, label: str, icon: str
+) -> None:
+    call = adapter.render(_post(lifecycle=lifecycle, original_ref="1700000000.000200", label=label))
+    assert call.method == "chat.update"
+    assert call.body["text"].startswith(f"{label}: ")
+    assert _context_texts(call.body["blocks"])[0] == f"{icon} *{label}*"
+    assert "Corrected" not in _block_texts(call.body["blocks"]) + call.body["text"]
+    assert "Cancelled" not in _block_texts(call.body["blocks"]) + call.body["text"]
+
+
+def test_without_a_label_a_correction_still_edits_the_original_post(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref="1700000000.000200"))
+    assert call.method == "chat.update"
+    assert call.body["text"] == "Critical result: Potassium 6.9 mmol/L (HH)"
+    assert len(_context_texts(call.body["blocks"])) == 1  # the severity line only
+
+
+def test_a_label_is_escaped_like_any_text(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref="1700000000.000200", label="<!here> fixed"))
+    assert call.body["text"].startswith("&lt;!here&gt; fixed: ")
+    assert "<!here>" not in _block_texts(call.body["blocks"])
+
+
+def test_a_label_on_a_new_post_is_not_shown(adapter: SlackAdapter) -> None:
+    call = adapter.render(_post(label="Corrected"))
+    assert call.body["text"] == "Critical result: Potassium 6.9 mmol/L (HH)"
+
+
+def _context_texts(blocks: list[dict[str, Any]]) -> list[str]:
+    return [block["elements"][0]["text"] for block in blocks if block["type"] == "context"]
 
 
 def test_mrkdwn_control_characters_are_escaped_so_text_cannot_ping_the_channel(adapter: SlackAdapter) -> None:
@@ -235,7 +280,9 @@ def test_long_text_is_cut_to_max_text(adapter: SlackAdapter) -> None:
 
 
 def test_struck_long_summary_stays_within_the_section_limit(adapter: SlackAdapter) -> None:
-    call = adapter.render(_post(lifecycle=Lifecycle.CANCEL, summary="z" * 5000, original_ref="1700000000.000200"))
+    call = adapter.render(
+        _post(lifecycle=Lifecycle.CANCEL, summary="z" * 5000, original_ref="1700000000.000200", label="Cancelled")
+    )
     section = call.body["blocks"][2]["text"]["text"]
     assert len(section) <= 3000
     assert section.startswith("~") and section.endswith("…~")
