@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -318,8 +318,7 @@ class FhirIntake:
     ) -> dict[str, dict[str, Any]]:
         """The patient and encounter a resource refers to, from the notification or fetched from the base."""
         found: dict[str, dict[str, Any]] = {}
-        for element in _CONTEXT_REFERENCES:
-            value = resource.get(element)
+        for element, value in _context_references(resource):
             reference = value.get("reference") if isinstance(value, dict) else None
             if not isinstance(reference, str) or reference.startswith("#") or _lookup(known, reference) is not None:
                 continue
@@ -452,6 +451,22 @@ def has_heartbeat(sub: SubscriptionConfig) -> bool:
 def _key(resource: dict[str, Any]) -> str:
     kind, ident = resource.get("resourceType"), resource.get("id")
     return f"{kind}/{ident}" if isinstance(kind, str) and isinstance(ident, str) else ""
+
+
+def _context_references(resource: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(element, Reference) of the patient and encounter a resource names (``_CONTEXT_REFERENCES``).
+
+    A DocumentReference names its visit in ``context.encounter`` (R4) or among ``context``
+    (R5, which may also name an Appointment or EpisodeOfCare): the first Encounter there.
+    """
+    for element in _CONTEXT_REFERENCES:
+        yield element, resource.get(element)
+    context = resource.get("context")
+    listed = context.get("encounter") if isinstance(context, dict) else context
+    for value in listed if isinstance(listed, list) else []:
+        if isinstance(value, dict) and "/Encounter/" in f"/{value.get('reference', '')}":
+            yield "context", value
+            return
 
 
 def _lookup(resources: Mapping[str, dict[str, Any]], reference: str) -> dict[str, Any] | None:

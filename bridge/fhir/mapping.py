@@ -11,8 +11,9 @@ syntax, variables and functions, and compiles it once, so a broken file fails
 at start-up with its name and JSON path, never at the first notification.
 
 A resource is mapped with the version the bridge saw before (``%previous``):
-rules compare the two, so an update storm that changes nothing that matters
-makes no event. Mapping never raises on odd content: an expression that fails
+the file's ``compare`` entries say which facts matter, so an update storm that
+changes none of them makes no event, and rules read which ones changed
+(``%changed``). Mapping never raises on odd content: an expression that fails
 on a resource counts as empty (and is logged by file and path, never content).
 """
 
@@ -47,8 +48,12 @@ log = structlog.get_logger(__name__)
 _DEFAULT_OPTIONS = MappingOptions()
 
 #: Variables every expression may read: the resource, the version seen before it ([] the first
-#: time) and the subscription topic URL ([] without one).
-_BASE_VARS = frozenset({"resource", "previous", "topic"})
+#: time), the subscription topic URL ([] without one), the names of the ``compare`` entries that
+#: differ from the version seen before ([] the first time) and the site's MRN systems
+#: (``mapping.mrn_authorities``, preferred in that order; [] when none are configured).
+_BASE_VARS = frozenset({"resource", "previous", "topic", "changed", "mrn_systems"})
+#: What a ``compare`` entry may read: one version at a time, never the other one.
+_COMPARE_VARS = frozenset({"resource", "topic", "mrn_systems"})
 #: Set from the observation lines, for rules and everything after them.
 _RULE_VARS = frozenset({"critical", "abnormal"})
 #: Defined by fhirpathpy itself.
@@ -290,7 +295,8 @@ class _File:
     name: str
     matches: tuple[_Match, ...]
     lets: tuple[_Let, ...]
-    compare: tuple[_Expr, ...]
+    #: (name, expression): a list entry is named by its own text.
+    compare: tuple[tuple[str, _Expr], ...]
     rules: tuple[_Rule, ...]
     thread_key: tuple[Getter, ...]
     dedup_key: tuple[Getter, ...]
@@ -517,9 +523,11 @@ def _compile_file(doc: dict[str, Any], source: str) -> _File:
             )
         names.add(name)
     # The comparison reads one version at a time: only the version itself (as the focus or %resource).
-    compare = tuple(
-        c.expr(t, f"$.compare[{i}]", frozenset({"resource", "topic"})) for i, t in enumerate(doc.get("compare", ()))
-    )
+    spec_compare = doc.get("compare", ())
+    if isinstance(spec_compare, dict):
+        compare = tuple((name, c.expr(text, f"$.compare.{name}", _COMPARE_VARS)) for name, text in spec_compare.items())
+    else:
+        compare = tuple((text, c.expr(text, f"$.compare[{i}]", _COMPARE_VARS)) for i, text in enumerate(spec_compare))
     line_names = frozenset(names)
     all_names = frozenset(names | _RULE_VARS)
     compiled = _File(
@@ -647,6 +655,7 @@ class FhirMapper:
     def __init__(self, files: Sequence[_File], options: MappingOptions) -> None:
         self._files = tuple(files)
         self._critical = frozenset(f.upper() for f in options.critical_flags)
+        self._mrn_systems = list(options.mrn_authorities)
         self._by_type: dict[str, tuple[_File, ...]] = {}
         for f in self._files:
             for resource_type in dict.fromkeys(m.resource_type for m in f.matches):
@@ -690,7 +699,7 @@ class FhirMapper:
         """True when some mapping file takes this resource (even if this version makes no event)."""
         if not isinstance(resource, dict):
             return False
-        ctx = _Ctx("", str(resource.get("resourceType", "")), {"resource": resource, "previous": [], "topic": []})
+        ctx = _Ctx("", str(resource.get("resourceType", "")), self._env(resource))
         return self._file_for(resource, ctx) is not None
 
     def map_resource(
@@ -713,18 +722,16 @@ class FhirMapper:
         """
         if not isinstance(resource, dict):
             return []
-        resource_type = str(resource.get("resourceType", ""))
-        ctx = _Ctx("", resource_type, {"resource": resource, "previous": [], "topic": []})
+        ctx = _Ctx("", str(resource.get("resourceType", "")), self._env(resource))
         spec = self._file_for(resource, ctx)
         if spec is None:
             return []
-        if previous is not None and spec.compare and self._unchanged(spec, ctx, resource, previous, topic):
-            return []
-        ctx.env = {
-            "resource": resource,
-            "previous": previous if isinstance(previous, dict) else [],
-            "topic": topic or [],
-        }
+        changed: list[str] = []
+        if previous is not None and spec.compare:
+            changed = self._changed(spec, ctx, resource, previous, topic)
+            if not changed:
+                return []
+        ctx.env = self._env(resource, previous=previous, topic=topic, changed=changed)
         resolve = _Resolver(resource, context)
         for let in spec.lets:
             found = let.expr(ctx, resource)
@@ -739,18 +746,37 @@ class FhirMapper:
             return []
         return [self._event(spec, rule, ctx, resource, lines, message_id, source, origin, received_at)]
 
-    @staticmethod
-    def _unchanged(
-        spec: _File, ctx: _Ctx, resource: dict[str, Any], previous: dict[str, Any], topic: str | None
-    ) -> bool:
-        """True when every fact the file compares is the same in both versions (an update storm)."""
-        for expr in spec.compare:
-            ctx.env = {"resource": resource, "previous": [], "topic": topic or []}
+    def _env(
+        self,
+        resource: Any,
+        *,
+        previous: dict[str, Any] | None = None,
+        topic: str | None = None,
+        changed: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """The variables every expression may read (``_BASE_VARS``)."""
+        return {
+            "resource": resource,
+            "previous": previous if isinstance(previous, dict) else [],
+            "topic": topic or [],
+            "changed": changed or [],
+            "mrn_systems": self._mrn_systems,
+        }
+
+    def _changed(
+        self, spec: _File, ctx: _Ctx, resource: dict[str, Any], previous: dict[str, Any], topic: str | None
+    ) -> list[str]:
+        """The names of the compared facts that differ between the two versions; [] is an update storm."""
+        now_env = self._env(resource, topic=topic)
+        then_env = self._env(previous, topic=topic)
+        changed: list[str] = []
+        for name, expr in spec.compare:
+            ctx.env = now_env
             now = expr(ctx, resource)
-            ctx.env = {"resource": previous, "previous": [], "topic": topic or []}
+            ctx.env = then_env
             if now != expr(ctx, previous):
-                return False
-        return True
+                changed.append(name)
+        return changed
 
     @staticmethod
     def _resolved(found: list[Any], resolve: _Resolver, resource_type: str | None) -> list[dict[str, Any]]:

@@ -210,6 +210,34 @@ async def test_id_only_notification_fetches_its_focus_from_the_configured_base(
     assert again.status_code == 200 and await event_types(bridge) == ["encounter.admitted"]  # a resend posts nothing
 
 
+async def test_a_document_is_posted_in_the_thread_of_the_visit_its_context_names(
+    fhir_server: FakeFhirServer, make_bridge: Any
+) -> None:
+    fhir_server.put_resource(encounter("e1"))
+    fhir_server.put_resource(PATIENT)
+    fhir_server.put_resource(
+        {
+            "resourceType": "DocumentReference",
+            "id": "doc1",
+            "meta": {"versionId": "1", "lastUpdated": "2026-11-22T11:00:00Z"},
+            "status": "current",
+            "docStatus": "final",
+            "type": {"text": "Discharge summary"},
+            "subject": {"reference": "Patient/p1"},
+            "context": {"encounter": [{"reference": "Encounter/e1"}]},
+            "content": [{"attachment": {"contentType": "text/plain", "title": "letter.txt"}}],
+        }
+    )
+    bridge = await make_bridge(fhir=local_config(fhir_server))
+    notification = r4_notification([(1, "DocumentReference/doc1")])
+    response = await bridge.client.post("/fhir/adt", json=notification, headers=AUTH)
+    assert response.status_code == 200
+    # The visit named in context.encounter is fetched: the document joins the admission's thread.
+    assert "/fhir/Encounter/e1" in fhir_server.paths()
+    rows = await bridge.runtime.store.query("SELECT type, thread_key FROM events ORDER BY seq")
+    assert [tuple(r) for r in rows] == [("document.available", "enc:V-e1")]
+
+
 async def test_a_gap_of_three_events_is_recovered_in_order_before_the_new_one(
     fhir_server: FakeFhirServer, make_bridge: Any
 ) -> None:

@@ -17,7 +17,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from bridge.errors import MappingError
-from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
+from bridge.events import ClinicalEvent, EventType, Identifier, Lifecycle, Severity
 from bridge.fhir.mapping import FhirMapper, fhir_instant
 from bridge.hl7.reader import parse
 from bridge.mapping import Mapper, MappingOptions, load_document, mappings_dir
@@ -215,11 +215,12 @@ VERSIONS = ["r4", "r5"]
         (("in-progress", "IMP"), ("cancelled", "IMP"), EventType.ENCOUNTER_CANCELLED),
         (("in-progress", "AMB"), ("entered-in-error", "AMB"), EventType.ENCOUNTER_CANCELLED),
         (None, ("cancelled", "IMP"), EventType.ENCOUNTER_CANCELLED),
-        # Nothing was posted for a visit that never started, and nothing twice.
-        (("planned", "IMP"), ("cancelled", "IMP"), None),
+        # A planned visit was announced (preadmitted): its cancellation strikes that post.
+        (None, ("planned", "IMP"), EventType.ENCOUNTER_PREADMITTED),
+        (("planned", "IMP"), ("cancelled", "IMP"), EventType.ENCOUNTER_CANCELLED),
+        # Nothing twice.
         (("cancelled", "IMP"), ("entered-in-error", "IMP"), None),
         (("finished", "IMP"), ("finished", "IMP"), None),
-        (None, ("planned", "IMP"), None),
         (("in-progress", "IMP"), ("in-progress", "IMP"), None),
         (("in-progress", "IMP"), ("in-progress", "EMER"), None),
     ],
@@ -238,9 +239,11 @@ def test_encounter_status_and_class_transitions(
         # R4 only: arrived and triaged come before the visit is under way.
         ("arrived", "in-progress", EventType.ENCOUNTER_ADMITTED),
         ("triaged", "in-progress", EventType.ENCOUNTER_ADMITTED),
-        ("triaged", "cancelled", None),
-        # Back from leave is not a new admission.
-        ("onleave", "in-progress", None),
+        ("arrived", "triaged", None),
+        # The arrival was announced: its cancellation strikes it.
+        ("triaged", "cancelled", EventType.ENCOUNTER_CANCELLED),
+        # Back from leave is not a new admission: a reply to the leave post.
+        ("onleave", "in-progress", EventType.ENCOUNTER_LEAVE_OF_ABSENCE),
     ],
 )
 def test_r4_only_encounter_statuses(mapper: FhirMapper, before: str, after: str, expected: EventType | None) -> None:
@@ -346,12 +349,21 @@ def test_discharge_carries_the_end_of_the_stay(mapper: FhirMapper) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_cancelled_encounter_strikes_the_admission_or_registration(mapper: FhirMapper, version: str) -> None:
-    previous = encounter(version, "in-progress")
+@pytest.mark.parametrize(
+    ("before", "cancels"),
+    [
+        ("in-progress", "encounter.admitted"),
+        (None, "encounter.admitted,encounter.arrived"),
+    ],
+)
+def test_cancelled_encounter_strikes_the_admission(
+    mapper: FhirMapper, version: str, before: str | None, cancels: str
+) -> None:
+    previous = encounter(version, before) if before else None
     event = one(mapper, encounter(version, "cancelled", version_id="2"), previous=previous)
     assert event.type is EventType.ENCOUNTER_CANCELLED
     assert event.lifecycle is Lifecycle.CANCEL
-    assert event.links == {"cancels": "encounter.admitted,encounter.arrived"}
+    assert event.links == {"cancels": cancels}
     assert event.thread_key == "enc:V555"
 
 
@@ -735,8 +747,9 @@ def order(status: str, intent: str = "order", *, version: str = "r4", version_id
         (None, ("active", "proposal"), None),
         (None, ("draft", "order"), None),
         (("active", "order"), ("active", "order"), None),
-        (("on-hold", "order"), ("active", "order"), None),
-        (("active", "order"), ("completed", "order"), None),
+        # Resumed from hold, or done: the placed post is edited, or answered.
+        (("on-hold", "order"), ("active", "order"), EventType.ORDER_CHANGED),
+        (("active", "order"), ("completed", "order"), EventType.ORDER_COMPLETED),
         (("active", "order"), ("revoked", "order"), EventType.ORDER_CANCELLED),
         (("on-hold", "order"), ("entered-in-error", "order"), EventType.ORDER_CANCELLED),
         (None, ("revoked", "order"), EventType.ORDER_CANCELLED),
@@ -759,7 +772,7 @@ def test_order_cancellation_strikes_the_placed_order(mapper: FhirMapper, version
     )
     assert placed.subject is not None and cancelled.subject is not None
     assert (placed.subject.code, placed.subject.text, placed.subject.status) == ("58410-2", "Blood count", "IP")
-    assert cancelled.lifecycle is Lifecycle.CANCEL and cancelled.links == {"cancels": "order.placed"}
+    assert cancelled.lifecycle is Lifecycle.CANCEL and cancelled.links == {"cancels": "ServiceRequest/sr1"}
     assert (cancelled.subject.key, cancelled.thread_key) == (placed.subject.key, placed.thread_key)
     assert cancelled.subject.status == "CA"
 
@@ -805,7 +818,7 @@ def appointment(status: str, *, version: str = "r4", version_id: str = "1") -> R
         ("booked", "arrived", None),
         (None, "proposed", None),
         ("booked", "cancelled", EventType.APPOINTMENT_CANCELLED),
-        ("booked", "noshow", EventType.APPOINTMENT_CANCELLED),
+        ("booked", "noshow", EventType.APPOINTMENT_NOSHOW),
         ("pending", "cancelled", None),
         ("cancelled", "entered-in-error", None),
     ],
@@ -833,7 +846,7 @@ def test_appointment_cancellation_strikes_the_booking(mapper: FhirMapper, versio
         "cardio",
         "Cardiology follow-up",
     )
-    assert cancelled.lifecycle is Lifecycle.CANCEL and cancelled.links == {"cancels": "appointment.booked"}
+    assert cancelled.lifecycle is Lifecycle.CANCEL and cancelled.links == {"cancels": "Appointment/a1"}
     assert cancelled.subject is not None and cancelled.subject.key == booked.subject.key
     assert cancelled.thread_key == booked.thread_key == "pat:urn:test:mrn:12345"
 
@@ -905,9 +918,12 @@ def test_merged_record_resent_posts_nothing(mapper: FhirMapper) -> None:
     assert run(mapper, again, previous=gone) == []
 
 
-def test_patient_without_merge_makes_no_event(mapper: FhirMapper) -> None:
-    assert run(mapper, PATIENT) == []
+def test_patient_without_merge_is_registered_once_and_updated_only_by_demographics(mapper: FhirMapper) -> None:
     assert mapper.matches(PATIENT)
+    assert kind(mapper, PATIENT) is EventType.PATIENT_REGISTERED
+    assert run(mapper, copy.deepcopy(PATIENT), previous=PATIENT) == []
+    assert run(mapper, {**PATIENT, "telecom": [{"system": "phone", "value": "000"}]}, previous=PATIENT) == []
+    assert kind(mapper, {**PATIENT, "birthDate": "1980-05-22"}, previous=PATIENT) is EventType.PATIENT_UPDATED
 
 
 # --- the engine -----------------------------------------------------------------------------------
@@ -918,7 +934,9 @@ def test_bundled_files_are_valid_and_loaded_in_name_order(mapper: FhirMapper) ->
     assert [f.name for f in files] == [
         "appointment.yaml",
         "diagnosticreport.yaml",
+        "documentreference.yaml",
         "encounter.yaml",
+        "medicationrequest.yaml",
         "observation.yaml",
         "patient.yaml",
         "servicerequest.yaml",
@@ -1035,6 +1053,7 @@ MINIMAL: Resource = {
 }
 
 
+@pytest.mark.off_catalogue("a synthetic Basic mapping of the engine test")
 def test_extra_folder_adds_fhir_files_and_replaces_bundled_ones_by_name(tmp_path: Path) -> None:
     write_mapping(tmp_path, "basic.yaml", MINIMAL)
     write_mapping(tmp_path, "observation.yaml", {**MINIMAL, "match": [{"resourceType": "Observation"}]})
@@ -1064,6 +1083,10 @@ def test_extra_folder_adds_fhir_files_and_replaces_bundled_ones_by_name(tmp_path
         ({"let": {"previous": "id"}}, "$.let.previous", "reserved"),
         ({"let": {"a": "%b", "b": "id"}}, "$.let.a", "%b"),
         ({"compare": ["%previous.status"]}, "$.compare[0]", "%previous"),
+        ({"compare": {"state": "%changed"}}, "$.compare.state", "%changed"),
+        ({"compare": {"State": "status"}}, "$.compare", "State"),
+        ({"let": {"changed": "id"}}, "$.let.changed", "reserved"),
+        ({"let": {"mrn_systems": "id"}}, "$.let.mrn_systems", "reserved"),
         ({"thread_key": "x:{digest}"}, "$.thread_key[0]", "digest"),
         ({"rules": [{"type": "result.final", "severity": "urgent"}]}, "$.rules[0].severity", "urgent"),
         ({"match": [{"resourceType": "observation"}]}, "$.match[0].resourceType", "observation"),
@@ -1077,3 +1100,120 @@ def test_a_broken_file_is_a_mapping_error_naming_file_and_path(
         FhirMapper.load(MappingOptions(extra_paths=(path,)))
     assert "broken.yaml" in str(caught.value) and json_path in str(caught.value)
     assert message in str(caught.value)
+
+
+# --- %changed and %mrn_systems --------------------------------------------------------------------
+
+#: Rules that say which compared facts changed: named entries, and a list entry named by its text.
+CHANGES: Resource = {
+    "match": [{"resourceType": "Basic"}],
+    "thread_key": "fhir:Basic/{id}",
+    "dedup_key": "{type}:Basic/{id}/{meta.versionId}",
+    "subject": {"kind": "order", "key": "Basic/{id}", "text": "%changed.join(',')"},
+    "rules": [
+        {"when": "%previous.empty() and %changed.empty()", "type": "order.placed", "severity": "info"},
+        {"when": "%changed contains 'what'", "type": "order.changed", "severity": "info"},
+        {"when": "%changed contains 'author.reference'", "type": "order.completed", "severity": "info"},
+    ],
+}
+
+
+def basic(version_id: str, code: str = "a", author: str = "Practitioner/d1", note: str = "") -> Resource:
+    return {
+        "resourceType": "Basic",
+        "id": "b1",
+        "meta": {"versionId": version_id},
+        "code": {"text": code},
+        "author": {"reference": author},
+        "extension": [{"url": "urn:test:note", "valueString": note}],
+    }
+
+
+@pytest.mark.off_catalogue("a synthetic Basic mapping of the engine test")
+@pytest.mark.parametrize(
+    ("compare", "before", "after", "expected", "changed"),
+    [
+        # Named entries: %changed holds the names of those that differ.
+        ({"what": "code", "who": "author.reference"}, None, basic("1"), EventType.ORDER_PLACED, None),
+        (
+            {"what": "code", "who": "author.reference"},
+            basic("1"),
+            basic("2", code="b"),
+            EventType.ORDER_CHANGED,
+            "what",
+        ),
+        (
+            {"what": "code", "who": "author.reference"},
+            basic("1"),
+            basic("2", code="b", author="Practitioner/d2"),
+            EventType.ORDER_CHANGED,
+            "what,who",
+        ),
+        # A change of nothing compared: an update storm, no event.
+        ({"what": "code", "who": "author.reference"}, basic("1"), basic("2", note="seen"), None, None),
+        # A list entry is named by its own text.
+        (
+            ["code", "author.reference"],
+            basic("1"),
+            basic("2", author="Practitioner/d2"),
+            EventType.ORDER_COMPLETED,
+            None,
+        ),
+    ],
+)
+def test_changed_names_the_compared_facts_that_differ(
+    tmp_path: Path,
+    compare: Resource | list[str],
+    before: Resource | None,
+    after: Resource,
+    expected: EventType | None,
+    changed: str | None,
+) -> None:
+    path = write_mapping(tmp_path, "basic.yaml", {**CHANGES, "compare": compare})
+    site = FhirMapper.load(MappingOptions(extra_paths=(path,)))
+    events = run(site, after, previous=before)
+    assert [e.type for e in events] == ([expected] if expected else [])
+    if events and changed is not None:
+        assert events[0].subject is not None and events[0].subject.text == changed
+
+
+@pytest.mark.off_catalogue("a synthetic Basic mapping of the engine test")
+def test_mrn_systems_are_the_sites_mrn_authorities_in_order(tmp_path: Path) -> None:
+    doc = {
+        **MINIMAL,
+        "rules": [{"type": "patient.registered", "severity": "info"}],
+        "patient": {
+            "mrn": {
+                "from": ["identifier.where(system = %mrn_systems.first())", "identifier.where(system in %mrn_systems)"],
+                "value": "value",
+                "authority": "system",
+            }
+        },
+    }
+    path = write_mapping(tmp_path, "basic.yaml", doc)
+    resource = {
+        "resourceType": "Basic",
+        "id": "b1",
+        "identifier": [
+            {"system": "urn:test:other", "value": "1"},
+            {"system": "urn:test:b", "value": "2"},
+            {"system": "urn:test:a", "value": "3"},
+        ],
+    }
+    mrn = [
+        one(FhirMapper.load(MappingOptions(extra_paths=(path,), mrn_authorities=sites)), resource).patient.mrn
+        for sites in (("urn:test:a", "urn:test:b"), ("urn:test:none", "urn:test:b"), ())
+    ]
+    assert [(m.authority, m.value) if m else None for m in mrn] == [("urn:test:a", "3"), ("urn:test:b", "2"), None]
+
+
+def test_bundled_mappings_prefer_the_sites_mrn_system() -> None:
+    resource = observation("final")
+    site = FhirMapper.load(MappingOptions(mrn_authorities=("urn:oid:1.2.276.0.76.4.8",)))
+    event = one(site, resource, context=CONTEXT)
+    assert event.patient.mrn is not None
+    assert (event.patient.mrn.authority, event.patient.mrn.value) == ("urn:oid:1.2.276.0.76.4.8", "X110000001")
+    # Without site systems the identifier of type MR.
+    assert one(FhirMapper.load(), resource, context=CONTEXT).patient.mrn == Identifier(
+        value="12345", authority="urn:test:mrn", type="MR"
+    )

@@ -174,12 +174,18 @@ def test_encounter_event_type_follows_status_and_class(mapper: FhirMapper, path:
     status = resource["status"]
     if status == "in-progress":
         expected = [
-            EventType.ENCOUNTER_ADMITTED if encounter_classes(resource) & INPATIENT else EventType.ENCOUNTER_REGISTERED
+            EventType.ENCOUNTER_ADMITTED if encounter_classes(resource) & INPATIENT else EventType.ENCOUNTER_ARRIVED
         ]
-    elif status in ("finished", "completed", "discharged"):
+    elif status in ("finished", "completed", "discharged", "discontinued"):
         expected = [EventType.ENCOUNTER_DISCHARGED]
     elif status in ("cancelled", "entered-in-error"):
-        expected = [EventType.ADMISSION_CANCELLED]
+        expected = [EventType.ENCOUNTER_CANCELLED]
+    elif status == "planned":
+        expected = [EventType.ENCOUNTER_PREADMITTED]
+    elif status in ("arrived", "triaged"):
+        expected = [EventType.ENCOUNTER_ARRIVED]
+    elif status in ("onleave", "on-hold"):
+        expected = [EventType.ENCOUNTER_LEAVE_OF_ABSENCE]
     else:
         expected = []
     assert [e.type for e in run(mapper, resource)] == expected
