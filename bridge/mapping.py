@@ -10,6 +10,7 @@ no file matches yields no events (the caller journals it as unmapped).
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import re
@@ -98,37 +99,96 @@ def load_mappings(
     * a **replacement**, when it has the name of an earlier file and no ``extends``;
     * a **new file**, tried after the others.
 
-    Every resulting document is validated against ``schema_path``. Raises
-    MappingError naming the file (for an overlay, the overlay) and the JSON path.
+    Any file, bundled or site, may say ``base: <file name>`` instead: it is then a
+    mapping of its own that starts from that file's resolved document and is layered
+    with its own keys by the overlay's rules (the base file stays as it is). A bundled
+    file's base is a bundled file (a base may have a base: any depth, any order); a
+    site file's base is a file loaded before it, with the overlays before it. A file
+    whose name starts with ``_`` is a **fragment** (blocks several files share): only
+    a base, never a mapping of its own, so it is neither tried nor validated alone.
+
+    Every resulting mapping is validated against ``schema_path``. Raises MappingError
+    naming the file (for an overlay, the overlay) and the JSON path.
     """
     schema = _read_schema(schema_path)
-    docs: dict[str, tuple[str, Any]] = {}
-    for p in sorted((mappings_dir() / family).glob("*.yaml")):
-        docs[p.name] = (str(p), _read_yaml(p))
+    bundled = {p.name: (str(p), _read_yaml(p)) for p in sorted((mappings_dir() / family).glob("*.yaml"))}
+    resolved: dict[str, tuple[str, Any]] = {}
+    for name in bundled:
+        _resolve_bundled(name, bundled, resolved, ())
+    docs = {name: resolved[name] for name in bundled}  # by file name: a base resolves before the files on it
     for p in _extra_files(family, extra_paths):
-        doc = _read_yaml(p)
-        base_name = doc.get("extends") if isinstance(doc, dict) else None
-        if base_name is None:
-            docs[p.name] = (str(p), doc)
-            continue
-        if not isinstance(base_name, str) or base_name not in docs:
-            known = ", ".join(sorted(docs))
+        source, doc = str(p), _read_yaml(p)
+        target, base_name = (doc.get("extends"), doc.get("base")) if isinstance(doc, dict) else (None, None)
+        if target is not None and base_name is not None:
             raise MappingError(
-                f"extends {base_name!r}, which is not a mapping file loaded before it (known: {known})",
-                source=str(p),
-                path="$.extends",
+                "a file either extends another in place or is a mapping with a base, not both",
+                source=source,
+                path="$.base",
             )
-        rules_first = doc.get("rules_first", [])
-        if not isinstance(rules_first, list):
-            raise MappingError("rules_first must be a list of rules", source=str(p), path="$.rules_first")
-        overlay = {k: v for k, v in doc.items() if k not in ("extends", "rules_first")}
-        merged = layer(docs[base_name][1], overlay)
-        if rules_first and isinstance(merged, dict):
-            merged["rules"] = [*rules_first, *(merged.get("rules") or [])]
-        docs[base_name] = (str(p), merged)
-    for source, doc in docs.values():
+        changed = p.name if target is None else target
+        if isinstance(changed, str) and _is_fragment(changed) and changed in docs:
+            # The files based on it were resolved when it was loaded: changing it now would change none of them.
+            raise MappingError(
+                f"{changed} is a fragment, already resolved into the files based on it: give the site a fragment"
+                f" of its own ('base: {changed}'), or change the files based on it",
+                source=source,
+                path="$" if target is None else "$.extends",
+            )
+        if target is not None:
+            name = _known(target, docs, source, "extends", "a mapping file loaded before it")
+            docs[name] = (source, _layered(docs[name][1], doc, source))
+        elif base_name is not None:
+            name = _known(base_name, docs, source, "base", "a mapping file loaded before it")
+            docs[p.name] = (source, _layered(docs[name][1], doc, source))
+        else:
+            docs[p.name] = (source, doc)
+    mappings = [entry for name, entry in docs.items() if not _is_fragment(name)]
+    for source, doc in mappings:
         _validate(doc, schema, source)
-    return list(docs.values())
+    return mappings
+
+
+def _is_fragment(name: str) -> bool:
+    return name.startswith("_")
+
+
+def _known(name: object, docs: dict[str, tuple[str, Any]], source: str, key: str, what: str) -> str:
+    """``name`` when it is one of ``docs``; else a MappingError naming ``source`` and ``$.<key>``."""
+    if not isinstance(name, str) or name not in docs:
+        known = ", ".join(sorted(docs))
+        raise MappingError(f"{key} {name!r}, which is not {what} (known: {known})", source=source, path=f"$.{key}")
+    return name
+
+
+def _resolve_bundled(
+    name: str, bundled: dict[str, tuple[str, Any]], done: dict[str, tuple[str, Any]], chain: tuple[str, ...]
+) -> Any:
+    """The document of bundled file ``name`` with its base (and its base's base, ...) under it, memoised in ``done``."""
+    if name in done:
+        return done[name][1]
+    source, doc = bundled[name]
+    base_name = doc.get("base") if isinstance(doc, dict) else None
+    if base_name is not None:
+        if base_name in (*chain, name):
+            cycle = " -> ".join((*chain, name, base_name))
+            raise MappingError(f"base {base_name!r} makes a cycle: {cycle}", source=source, path="$.base")
+        below = _resolve_bundled(
+            _known(base_name, bundled, source, "base", "a bundled file"), bundled, done, (*chain, name)
+        )
+        doc = _layered(below, doc, source)
+    done[name] = (source, doc)
+    return doc
+
+
+def _layered(below: Any, doc: dict[str, Any], source: str) -> Any:
+    """An overlay's or a based file's ``doc`` layered over a copy of ``below`` (which other files may share)."""
+    rules_first = doc.get("rules_first", [])
+    if not isinstance(rules_first, list):
+        raise MappingError("rules_first must be a list of rules", source=source, path="$.rules_first")
+    merged = layer(copy.deepcopy(below), {k: v for k, v in doc.items() if k not in ("extends", "base", "rules_first")})
+    if rules_first and isinstance(merged, dict):
+        merged["rules"] = [*rules_first, *(merged.get("rules") or [])]
+    return merged
 
 
 def layer(base: Any, overlay: Any) -> Any:

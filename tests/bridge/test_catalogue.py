@@ -33,7 +33,7 @@ from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Observation, Subject
 from bridge.fhir.mapping import FhirMapper
 from bridge.hl7.reader import parse
-from bridge.mapping import Mapper, mappings_dir
+from bridge.mapping import Mapper, load_mappings, mappings_dir
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CATALOGUE = mappings_dir() / "catalogue.yaml"
@@ -163,8 +163,8 @@ def mapped_sources(family: str) -> dict[str, set[str]]:
     An HL7 rule conditioned on triggers maps those; any other rule may fire for every trigger its file matches.
     """
     found: dict[str, set[str]] = {}
-    for path in sorted((mappings_dir() / family).glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    schema = mappings_dir() / ("fhir.schema.json" if family == "fhir" else "schema.json")
+    for _, doc in load_mappings(family, [], schema):  # type: ignore[arg-type]
         for rule in doc.get("rules_first", []) + doc["rules"]:
             if family == "fhir":
                 sources = {m["resourceType"] for m in doc["match"]}
@@ -394,7 +394,8 @@ ADT_A08 = (
 
 
 def adt_mapper(rule: dict[str, Any]) -> Mapper:
-    doc = yaml.safe_load((mappings_dir() / "hl7v2" / "adt.yaml").read_text(encoding="utf-8"))
+    docs = load_mappings("hl7v2", [], mappings_dir() / "schema.json")
+    doc = next(d for source, d in docs if Path(source).name == "adt.yaml")  # with its bases under it
     doc["match"] = [{"message": "ADT", "triggers": ["A08"]}]
     doc["rules"] = [rule]
     return Mapper.from_documents([("synthetic-adt.yaml", doc)])

@@ -23,7 +23,7 @@ from bridge.mapping import (
     hl7_date,
     hl7_datetime,
     hl7_timestamp,
-    load_document,
+    load_mappings,
     mappings_dir,
 )
 
@@ -710,7 +710,9 @@ def write(path: Path, doc: object) -> Path:
 
 
 def bundled(name: str) -> dict[str, Any]:
-    loaded = yaml.safe_load((mappings_dir() / "hl7v2" / name).read_text(encoding="utf-8"))
+    """A bundled file's document as the mapper gets it: with its ``base`` (and the base's base) under it."""
+    docs = {Path(source).name: doc for source, doc in load_mappings("hl7v2", [], mappings_dir() / "schema.json")}
+    loaded = docs[name]
     assert isinstance(loaded, dict)
     return loaded
 
@@ -781,9 +783,14 @@ def test_invalid_yaml_is_a_mapping_error_naming_the_file(tmp_path: Path) -> None
 
 
 def test_every_bundled_file_is_valid_against_the_schema() -> None:
-    schema = mappings_dir() / "schema.json"
-    files = sorted((mappings_dir() / "hl7v2").glob("*.yaml"))
-    assert [f.name for f in files] == [
+    # A fragment (_*.yaml) is only a base; every other file, with its bases under it, is a mapping.
+    docs = load_mappings("hl7v2", [], mappings_dir() / "schema.json")  # validates each one
+    assert sorted(p.name for p in (mappings_dir() / "hl7v2").glob("_*.yaml")) == [
+        "_adt.yaml",
+        "_orders.yaml",
+        "_visit.yaml",
+    ]
+    assert [Path(source).name for source, _ in docs] == [
         "adt.yaml",
         "mdm.yaml",
         "orders.yaml",
@@ -794,8 +801,6 @@ def test_every_bundled_file_is_valid_against_the_schema() -> None:
         "pharmacy.yaml",
         "siu.yaml",
     ]
-    for f in files:
-        assert isinstance(load_document(f, schema), dict)
 
 
 def test_schema_event_types_are_the_catalogue() -> None:
@@ -1068,3 +1073,179 @@ def test_a_bad_template_in_a_rules_dedup_key_names_its_place(tmp_path: Path) -> 
     with pytest.raises(MappingError) as caught:
         Mapper.load(MappingOptions(extra_paths=(path,)))
     assert caught.value.path == "$.rules[0].dedup_key[1]"
+
+
+# --- base: and fragments (a file built on another file's resolved document; _*.yaml only a base) ----
+
+REAL_SCHEMA = mappings_dir() / "schema.json"
+OBR_FINAL = "OBR|1|PL1^CPOE|FL1^LIS|GLU^Glucose" + "|" * 18 + "20240115101500|||F"
+OBX_GLUCOSE = "OBX|1|NM|GLU^Glucose||5.1|mmol/L|3.9-5.5|N|||F"
+
+
+def lab(code: str, trigger: str) -> Message:
+    msh = f"MSH|^~\\&|LIS|TESTLAB|BRIDGE|TESTHOSP|20240115103000||{code}^{trigger}|CTRL9|P|2.5.1"
+    return hl7(msh, PID, PV1, OBR_FINAL, OBX_GLUCOSE)
+
+
+@pytest.fixture
+def own_bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty bundled ``hl7v2/`` folder (with the real schema) in place of ``mappings/``, to write files in."""
+    root = tmp_path / "bundled"
+    (root / "hl7v2").mkdir(parents=True)
+    (root / "schema.json").write_bytes(REAL_SCHEMA.read_bytes())
+    monkeypatch.setattr("bridge.mapping.mappings_dir", lambda: root)
+    return root / "hl7v2"
+
+
+#: The real adt.yaml, read before a test puts a bundled folder of its own in place.
+ADT_DOC = bundled("adt.yaml")
+
+
+def split_adt() -> tuple[dict[str, Any], dict[str, Any]]:
+    """adt.yaml as a fragment (patient, visit, thread: not a mapping alone) and the rest of it."""
+    full = json.loads(json.dumps(ADT_DOC))
+    shared = {k: full[k] for k in ("patient", "encounter", "thread_key")}
+    return shared, {k: v for k, v in full.items() if k not in shared}
+
+
+def names(docs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {Path(source).name: doc for source, doc in docs}
+
+
+def test_a_file_with_a_fragment_as_base_is_the_fragment_with_its_own_keys_over_it(own_bundled: Path) -> None:
+    shared, rest = split_adt()
+    write(own_bundled / "_shared.yaml", shared)  # no match, no rules: never validated alone
+    write(own_bundled / "visits.yaml", {"base": "_shared.yaml", **rest})
+    docs = names(load_mappings("hl7v2", [], REAL_SCHEMA))
+    assert docs == {"visits.yaml": ADT_DOC}
+    event = one(Mapper.load(), adt("A01", PID, PV1))
+    assert (event.type, event.encounter.visit_number, event.thread_key) == (
+        EventType.ENCOUNTER_ADMITTED,
+        "V555",
+        "enc:V555",
+    )
+    assert event.patient.mrn is not None and event.patient.mrn.value == "12345"
+
+
+def test_a_base_may_have_a_base_whatever_the_order_of_their_names(own_bundled: Path) -> None:
+    shared, rest = split_adt()
+    write(own_bundled / "_shared.yaml", shared)
+    write(own_bundled / "visits.yaml", {"base": "_shared.yaml", **rest})
+    # Sorted before its base; a list replaces, a mapping merges, null removes, rules_first comes first.
+    leave_rule = {"when": {"trigger": ["A21"]}, "type": "encounter.updated", "severity": "info"}
+    write(
+        own_bundled / "a-leave.yaml",
+        {
+            "base": "visits.yaml",
+            "match": [{"message": "ADT", "triggers": ["A21", "A22"]}],
+            "encounter": {"prior_location": None, "visit_number": "PV1-50.1"},
+            "rules_first": [leave_rule],
+        },
+    )
+    docs = names(load_mappings("hl7v2", [], REAL_SCHEMA))
+    assert list(docs) == ["a-leave.yaml", "visits.yaml"]  # tried by file name, as ever
+    leave, visits = docs["a-leave.yaml"], docs["visits.yaml"]
+    assert leave["rules"] == [leave_rule, *visits["rules"]]
+    assert leave["encounter"] == {
+        **{k: v for k, v in visits["encounter"].items() if k != "prior_location"},
+        "visit_number": "PV1-50.1",
+    }
+    assert leave["patient"] == visits["patient"] == shared["patient"]
+    assert visits == ADT_DOC  # the base is as it was
+    leave["patient"]["family"] = "PID-9"  # and shares nothing with the file built on it
+    assert visits["patient"]["family"] == "PID-5.1.1"
+    mapper = Mapper.load()
+    assert one(mapper, adt("A21", PID, PV1 + "|" * 5 + "ALT9")).type is EventType.ENCOUNTER_UPDATED
+    assert one(mapper, adt("A22", PID, PV1 + "|" * 5 + "ALT9")).encounter.visit_number == "ALT9"
+    assert one(mapper, adt("A01", PID, PV1)).encounter.visit_number == "V555"
+
+
+@pytest.mark.parametrize(
+    ("files", "failing", "cycle"),
+    [
+        ({"_a.yaml": "_b.yaml", "_b.yaml": "_a.yaml", "x.yaml": "_a.yaml"}, "_b.yaml", "_a.yaml -> _b.yaml -> _a.yaml"),
+        ({"x.yaml": "x.yaml"}, "x.yaml", "x.yaml -> x.yaml"),
+    ],
+)
+def test_a_cycle_of_bases_is_an_error_naming_the_file_and_its_base(
+    own_bundled: Path, files: dict[str, str], failing: str, cycle: str
+) -> None:
+    for name, base in files.items():
+        write(own_bundled / name, {"base": base})
+    with pytest.raises(MappingError) as caught:
+        load_mappings("hl7v2", [], REAL_SCHEMA)
+    assert caught.value.source == str(own_bundled / failing)
+    assert caught.value.path == "$.base"
+    assert cycle in str(caught.value)
+
+
+def test_an_unknown_base_of_a_bundled_file_is_an_error_naming_the_file_and_its_base(own_bundled: Path) -> None:
+    write(own_bundled / "visits.yaml", {"base": "_nosuch.yaml"})
+    with pytest.raises(MappingError) as caught:
+        load_mappings("hl7v2", [], REAL_SCHEMA)
+    assert (caught.value.source, caught.value.path) == (str(own_bundled / "visits.yaml"), "$.base")
+    assert "'_nosuch.yaml', which is not a bundled file" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("files", "path", "message"),
+    [
+        # A site file's base is a file loaded before it: not a later one.
+        ({"a.yaml": {"base": "b.yaml"}, "b.yaml": {"base": "oru.yaml"}}, "$.base", "not a mapping file loaded before"),
+        ({"a.yaml": {"base": ["oru.yaml"]}}, "$.base", "not a mapping file loaded before"),
+        ({"a.yaml": {"base": "oru.yaml", "extends": "oru.yaml"}}, "$.base", "not both"),
+        # The bundled files built on a fragment are resolved: a change to it would change none of them.
+        ({"a.yaml": {"extends": "_visit.yaml", "thread_key": "x"}}, "$.extends", "_visit.yaml is a fragment"),
+        ({"_visit.yaml": {"thread_key": "x"}}, "$", "_visit.yaml is a fragment"),
+    ],
+)
+def test_a_bad_base_of_a_site_file_names_the_file_and_the_place(
+    tmp_path: Path, files: dict[str, dict[str, Any]], path: str, message: str
+) -> None:
+    for name, doc in files.items():
+        write(tmp_path / name, doc)
+    with pytest.raises(MappingError) as caught:
+        Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    bad = next(iter(files))  # the first by name: the one loaded first
+    assert (caught.value.source, caught.value.path) == (str(tmp_path / bad), path)
+    assert message in str(caught.value)
+
+
+def test_a_fragment_is_never_tried_even_when_it_could_map_a_message(tmp_path: Path) -> None:
+    assert all(not Path(source).name.startswith("_") for source in Mapper.load().sources)
+    # A site fragment that is a whole mapping of A20 (which no bundled file takes) maps nothing ...
+    whole = {
+        **ADT_DOC,
+        "match": [{"message": "ADT", "triggers": ["A20"]}],
+        "rules": [{"type": "encounter.updated", "severity": "info"}],
+    }
+    write(tmp_path / "_beds.yaml", whole)
+    site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    assert not site.matches(adt("A20", PID, PV1))
+    assert all(not Path(source).name.startswith("_") for source in site.sources)
+    # ... until a file has it as its base.
+    write(tmp_path / "beds.yaml", {"base": "_beds.yaml"})
+    site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    assert one(site, adt("A20", PID, PV1)).type is EventType.ENCOUNTER_UPDATED
+    assert site.sources[-1] == str(tmp_path / "beds.yaml")
+
+
+def test_a_site_file_based_on_a_bundled_one_maps_a_new_message_type_without_copying_it(tmp_path: Path) -> None:
+    # The site's lab sends its results as ZRU^R01: oru.yaml's reading of them, under another match.
+    write(tmp_path / "zru.yaml", {"base": "oru.yaml", "match": [{"message": "ZRU", "triggers": ["R01"]}]})
+    site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    assert site.sources == (*Mapper.load().sources, str(tmp_path / "zru.yaml"))
+    assert not Mapper.load().matches(lab("ZRU", "R01"))
+    zru, oru = one(site, lab("ZRU", "R01")), one(site, lab("ORU", "R01"))
+    assert zru.type is oru.type is EventType.RESULT_FINAL
+    assert zru.model_dump(exclude={"subject", "dedup_key"}) == oru.model_dump(exclude={"subject", "dedup_key"})
+    assert zru.subject is not None and zru.subject.key == "LIS:FL1"
+
+
+def test_an_overlay_changes_the_file_it_extends_not_the_bundled_files_based_on_it(tmp_path: Path) -> None:
+    # oul.yaml is built on the bundled oru.yaml when the bundled files load, before any site file.
+    everything_preliminary = {"type": "result.preliminary", "severity": "info"}
+    write(tmp_path / "oru-site.yaml", {"extends": "oru.yaml", "rules_first": [everything_preliminary]})
+    site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    assert one(site, lab("ORU", "R01")).type is EventType.RESULT_PRELIMINARY
+    assert one(site, lab("OUL", "R22")).type is EventType.RESULT_FINAL
