@@ -123,3 +123,7 @@ def run() -> None:
             seconds = _per_message_seconds(work, raw)
             baseline = baseline or seconds
             print(f"  {label:<22} {1 / seconds:>12,.0f}/s {seconds * 1e6:>10.1f} µs {baseline / seconds:>9.2f}x")
+
+
+if __name__ == "__main__":
+    run()

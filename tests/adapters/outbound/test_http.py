@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import respx
 
-from adapters.outbound.http import MAX_RETRY_AFTER, parse_retry_after, raise_for_delivery, request
+from adapters.outbound.http import MAX_RETRY_AFTER, delivery_client, parse_retry_after, raise_for_delivery, request
 from bridge.errors import Permanent, Retryable
 
 NOW = datetime(2025, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -163,3 +164,54 @@ async def test_transport_failures_are_retryable(
 async def test_unusable_url_is_permanent(client: httpx.AsyncClient, url: str) -> None:
     with pytest.raises(Permanent):
         await _send(client, url)
+
+
+# --- delivery_client: the same contract over the aiohttp transport, against a real loopback server ---
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[tuple[str, bytes, str]]]]:
+    from aiohttp import web
+
+    seen: list[tuple[str, bytes, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append((request.path, await request.read(), request.headers.get("X-Test", "")))
+        if request.path == "/moved":
+            return web.Response(status=307, headers={"Location": "/hook"})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_post("/moved", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_delivery_client_posts_and_never_follows_redirects(
+    receiver: tuple[str, list[tuple[str, bytes, str]]],
+) -> None:
+    base, seen = receiver
+    async with delivery_client() as client:
+        assert (await _send(client, f"{base}/hook")).status_code == 204
+        assert (await _send(client, f"{base}/moved")).status_code == 307
+    assert seen == [("/hook", b"{}", "1"), ("/moved", b"{}", "1")]
+
+
+async def test_delivery_client_maps_a_refused_connection_to_retryable_and_a_bad_url_to_permanent() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with delivery_client() as client:
+        with pytest.raises(Retryable):
+            await _send(client, f"http://127.0.0.1:{port}/hook")
+        for url in ("ftp://receiver.example/hook", "receiver.example/hook"):
+            with pytest.raises(Permanent):
+                await _send(client, url)

@@ -34,6 +34,8 @@ URL = "https://receiver.test/hooks/ehr"
 NOW = 1_741_089_600
 #: Built once: loading the CA bundle for every test's client is most of the suite's time.
 TLS = ssl.create_default_context()
+#: The adapter sends on a client of its own with an aiohttp transport; respx mocks it at the httpx client.
+pytestmark = pytest.mark.respx(using="httpx", assert_all_called=False)
 
 
 def _post(delivery_id: str = "dlv-0001") -> Post:
