@@ -227,7 +227,8 @@ class Intake:
             outcome=outcome,
         )
         if result.delivery_ids:
-            self.on_commit({d.channel for _, ds in routed for d in ds})
+            # result.channels adds those a correction or cancellation follows its original to.
+            self.on_commit({d.channel for _, ds in routed for d in ds} | set(result.channels))
         return Receipt(ack, code, (message.control_id,), encoding=message.encoding)
 
     async def _nak(

@@ -409,7 +409,8 @@ class FhirIntake:
             entry, routed, dedup_window=self.settings.dedup.window_seconds, progress=progress
         )
         if result.delivery_ids:
-            self.on_commit({d.channel for _, ds in routed for d in ds})
+            # result.channels adds those a correction or cancellation follows its original to.
+            self.on_commit({d.channel for _, ds in routed for d in ds} | set(result.channels))
 
     # -- helpers ---------------------------------------------------------------------------
 

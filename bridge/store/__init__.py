@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bridge.events import ClinicalEvent
+from bridge.events import ClinicalEvent, Severity
 
 __all__ = [
     "ClaimedDelivery",
@@ -111,6 +111,8 @@ class CommitResult:
     #: The (MSH-3, MSH-4, MSH-10) triple was accepted within the window with a different body: the
     #: sender reused a control id (its counter reset), so the message was accepted as new.
     control_id_reused: bool = False
+    #: Channels that got a pending delivery, routed or following a post (the workers to wake), each once.
+    channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,9 @@ class ClaimedDelivery:
     thread_ref: str | None
     #: External id of the post this event corrects or cancels, if found.
     original_ref: str | None
+    #: Severity of what the post ``original_ref`` shows: its event's, or that of the latest correction
+    #: recorded against it. A correction more severe than that also alerts (``bridge.delivery.alert_for``).
+    original_severity: Severity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +206,11 @@ class Store(Protocol):
         written; the same triple with another body is a new message
         (``control_id_reused``). An event whose dedup key was recorded within
         the window gets no deliveries.
+
+        A correction or cancellation gets, besides its routed deliveries, one to
+        every other channel that holds a post it supersedes in its thread
+        (delivered or still to be sent; see :meth:`claim` for which post), so
+        it reaches that post whatever the routes say.
         """
         ...
 
@@ -225,6 +235,14 @@ class Store(Protocol):
 
         A delivery in flight for longer than the store's lease is pending again
         first (its outcome was never recorded), so it is sent once more.
+
+        A correction's or cancellation's ``original_ref`` is the latest post
+        delivered in its channel and thread of an event of lifecycle ``new`` that
+        it supersedes: of the types the catalogue lists for its type and
+        lifecycle, and, when its link names a subject key, of that key and the
+        same subject kind. A link naming event types takes the latest post of
+        those types (of the same subject unless it is the visit).
+        ``original_severity`` is the severity that post shows.
         """
         ...
 

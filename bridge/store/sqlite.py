@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -29,15 +30,16 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
+from bridge.catalogue import catalogue
 from bridge.errors import StoreError
-from bridge.events import ClinicalEvent, EventType, Lifecycle
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
 from bridge.store import (
     ClaimedDelivery,
     CommitResult,
@@ -51,11 +53,14 @@ from bridge.store import (
     SubscriptionState,
 )
 
-__all__ = ["MIGRATIONS", "SQLiteStore"]
+__all__ = ["MIGRATIONS", "SQLiteStore", "supersedes_table"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+#: Per event type and lifecycle that corrects or cancels, the types of post it may edit or strike.
+Supersedes = Mapping[tuple[EventType, Lifecycle], tuple[str, ...]]
 
 #: Schema migrations; ``PRAGMA user_version`` holds how many have run.
 MIGRATIONS: tuple[str, ...] = (
@@ -173,6 +178,15 @@ MIGRATIONS: tuple[str, ...] = (
         body TEXT NOT NULL,
         updated_at REAL NOT NULL
     );
+    """,
+    # 5: what a correction or cancellation supersedes is looked up among posts of its subject's kind
+    # (NULL in rows from before: any kind), and per thread across channels at commit (it follows the
+    # post to every channel that holds it): the thread index leads with the thread key; the claim's
+    # probe fixes thread and channel alike, so it serves the claim as before.
+    """
+    ALTER TABLE events ADD COLUMN subject_kind TEXT;
+    DROP INDEX deliveries_thread_open;
+    CREATE INDEX deliveries_thread ON deliveries (thread_key, channel, status, event_seq);
     """,
 )
 
@@ -351,6 +365,7 @@ class SQLiteStore:
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._supersedes: Supersedes = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={str(self.path)!r})"
@@ -359,6 +374,8 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # What corrections and cancellations supersede, from the catalogue: read here, once, not per claim.
+        self._supersedes = await asyncio.to_thread(supersedes_table)
         writer = _Writer(self.path, self.synchronous)
         writer.start()
         await asyncio.wrap_future(writer.ready)
@@ -431,6 +448,7 @@ class SQLiteStore:
     ) -> CommitResult:
         # Hashed here, not on the writer thread: the writer is the one serial stage of every commit.
         digest = _body_digest(entry.raw)
+        supersedes = self._supersedes
 
         def run(conn: sqlite3.Connection) -> CommitResult:
             since = entry.received_at - dedup_window
@@ -460,7 +478,8 @@ class SQLiteStore:
             _insert_journal(conn, entry, digest)
             disabled = dict(conn.execute("SELECT channel, reason FROM channel_state").fetchall())
             created: list[str] = []
-            for event, deliveries in events:
+            woken: dict[str, None] = {}
+            for event, routed in events:
                 dup = (
                     dedup_window > 0
                     and conn.execute(
@@ -468,15 +487,16 @@ class SQLiteStore:
                         (event.dedup_key, since, EventStatus.DUPLICATE.value),
                     ).fetchone()
                 )
+                deliveries = [] if dup else _following(conn, event, routed, supersedes)
                 if dup:
-                    status, deliveries = EventStatus.DUPLICATE, []
+                    status = EventStatus.DUPLICATE
                 elif deliveries:
                     status = EventStatus.ROUTED
                 else:
                     status = EventStatus.UNROUTED
                 cur = conn.execute(
                     "INSERT INTO events (id, message_id, type, severity, lifecycle, thread_key, dedup_key,"
-                    " subject_key, status, created_at, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " subject_key, subject_kind, status, created_at, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         event.id,
                         entry.id,
@@ -486,6 +506,7 @@ class SQLiteStore:
                         event.thread_key,
                         event.dedup_key,
                         event.subject.key if event.subject else None,
+                        event.subject.kind if event.subject else None,
                         status.value,
                         entry.received_at,
                         event.model_dump_json(),
@@ -512,9 +533,13 @@ class SQLiteStore:
                         ),
                     )
                     created.append(delivery_id)
+                    if not reason:
+                        woken[d.channel] = None
             if progress is not None:
                 _write_progress(conn, progress, entry.received_at)
-            return CommitResult(duplicate=False, delivery_ids=tuple(created), control_id_reused=reused)
+            return CommitResult(
+                duplicate=False, delivery_ids=tuple(created), control_id_reused=reused, channels=tuple(woken)
+            )
 
         return await self._write(run)
 
@@ -562,6 +587,7 @@ class SQLiteStore:
 
     async def claim(self, channel: str, *, now: float, limit: int) -> list[ClaimedDelivery]:
         lease_expired = now - self.lease_seconds
+        supersedes = self._supersedes
 
         def run(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
             # A send whose outcome could not be recorded stays in flight and blocks its thread; past
@@ -597,6 +623,7 @@ class SQLiteStore:
                 except Exception as exc:  # boundary: one bad row must not stop the channel's other deliveries
                     _kill_undecodable(conn, channel, delivery_id, event_id, type(exc).__name__, now)
                     continue
+                original = _original(conn, channel, event, seq, supersedes)
                 claimed.append(
                     ClaimedDelivery(
                         id=delivery_id,
@@ -604,7 +631,8 @@ class SQLiteStore:
                         attempts=attempts + 1,
                         event=event,
                         thread_ref=roots.get(thread_key),
-                        original_ref=_original_ref(conn, channel, event, seq),
+                        original_ref=original[0] if original else None,
+                        original_severity=original[1] if original else None,
                     )
                 )
             if claimed:
@@ -850,41 +878,133 @@ def _insert_audit(
     )
 
 
-def _original_ref(conn: sqlite3.Connection, channel: str, event: ClinicalEvent, seq: int) -> str | None:
-    """The external id of the post a correction or cancellation refers to, in this channel.
+#: The link that names what a lifecycle edits (correct) or strikes (cancel).
+_TARGET_LINK = {Lifecycle.CORRECT: "corrects", Lifecycle.CANCEL: "cancels"}
 
-    ``links.corrects`` names a subject key; ``links.cancels`` names either event types,
-    comma-separated (A11 cancels ``encounter.admitted`` or ``encounter.arrived`` of the
-    thread, whichever was posted), or a subject key (a withdrawn result). A value that is
-    not made of event types only is a subject key, commas and all.
+
+@functools.cache
+def supersedes_table() -> dict[tuple[EventType, Lifecycle], tuple[str, ...]]:
+    """For each type and lifecycle that corrects or cancels: the types of post it may edit or strike.
+
+    From the catalogue's ``supersedes`` (``mappings/catalogue.yaml``), read once per process: the
+    store looks posts up by these types and never reads YAML while it resolves.
     """
-    if event.lifecycle is Lifecycle.CORRECT:
-        target = event.links.get("corrects")
-    elif event.lifecycle is Lifecycle.CANCEL:
-        target = event.links.get("cancels")
+    return {
+        (spec.type, stage.lifecycle): tuple(t.value for t in stage.supersedes)
+        for spec in catalogue().types.values()
+        for stage in spec.stages
+        if stage.supersedes
+    }
+
+
+def _superseded(event: ClinicalEvent, supersedes: Supersedes) -> tuple[str, list[Any]] | None:
+    """The condition on ``events e`` of the posts ``event`` corrects or cancels, with its arguments; None if none.
+
+    ``links.corrects`` and ``links.cancels`` name either event types, comma-separated (an A11
+    strikes ``encounter.admitted`` or ``encounter.arrived`` of the thread, whichever was posted),
+    or a subject key (a withdrawn result); a value not made of event types only is a subject key,
+    commas and all. Either way only posts of the types the catalogue says this type and lifecycle
+    supersedes qualify (a result correction never edits an order's post, even when a result without
+    filler number falls back to the order's placer number as its key), and of those only the
+    ``new`` ones, each the post of one fact: not an edit or strike recorded under the key (an
+    addendum edits its parent's post; withdrawing the addendum must not strike the parent), nor
+    an update's reply. Posts of another subject kind do not qualify either (a pharmacy order's
+    change never edits a lab order of the same number); a post whose event has no subject, or was
+    stored before subject kinds were, matches any kind.
+    """
+    link = _TARGET_LINK.get(event.lifecycle)
+    target = event.links.get(link) if link else None
+    allowed = supersedes.get((event.type, event.lifecycle), ())
+    if not target or not allowed:
+        return None
+    named = [t.strip() for t in target.split(",")]
+    subject = event.subject
+    key: str | None
+    if all(t in _EVENT_TYPES for t in named):
+        types = [t for t in dict.fromkeys(named) if t in allowed]
+        # A visit's events share the thread; other subjects (a patient's registration) also share the key.
+        key = subject.key if subject is not None and subject.kind != "encounter" else None
     else:
+        types, key = list(allowed), target
+    if not types:
         return None
-    if not target:
+    sql = f"e.lifecycle = ? AND e.type IN ({_marks(types)})"
+    args: list[Any] = [Lifecycle.NEW.value, *types]
+    if key:
+        sql += " AND e.subject_key = ?"
+        args.append(key)
+    if subject is not None:
+        sql += " AND (e.subject_kind = ? OR e.subject_kind IS NULL)"
+        args.append(subject.kind)
+    return sql, args
+
+
+def _original(
+    conn: sqlite3.Connection,
+    channel: str,
+    event: ClinicalEvent,
+    seq: int,
+    supersedes: Supersedes,
+) -> tuple[str, Severity] | None:
+    """The external id of the post a correction or cancellation refers to in this channel, and what it shows.
+
+    The post is the latest delivered one that :func:`_superseded` admits in the event's thread:
+    after a preliminary and a final report the correction edits the final one's post; a
+    re-admission after an A11 is struck, not the first admission. The severity is that of the
+    latest event recorded against that post (its own, or an earlier correction's that edited it).
+    """
+    found = _superseded(event, supersedes)
+    if found is None:
         return None
-    # d.thread_key is the event's thread key, copied at commit: it keeps the walk on deliveries_thread_open.
-    base = (
-        "SELECT d.external_id FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.channel=? AND d.thread_key=? AND d.status=? AND d.event_seq < ? AND d.external_id IS NOT NULL"
+    where, args = found
+    # d.thread_key is the event's thread key, copied at commit: it keeps both walks on deliveries_thread.
+    head = (
+        "SELECT d.external_id, e.severity FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ?"
     )
-    args: list[Any] = [channel, event.thread_key, DeliveryStatus.DELIVERED.value, seq]
-    types = [t.strip() for t in target.split(",")]
-    if all(t in _EVENT_TYPES for t in types):
-        # The latest post of those types: a re-admission after an A11 is struck, not the first one.
-        sql = f"{base} AND e.type IN ({_marks(types)})"
-        args.extend(types)
-        if event.subject is not None and event.subject.key and event.subject.kind != "encounter":
-            sql += " AND e.subject_key=?"
-            args.append(event.subject.key)
-        order = "DESC"
-    else:
-        # The first post of the subject; later corrections edit that same post again.
-        sql = base + " AND e.subject_key=?"
-        args.append(target)
-        order = "ASC"
-    row = conn.execute(f"{sql} ORDER BY d.event_seq {order} LIMIT 1", args).fetchone()
-    return row[0] if row else None
+    scope = (event.thread_key, channel, DeliveryStatus.DELIVERED.value, seq)
+    row = conn.execute(
+        f"{head} AND d.external_id IS NOT NULL AND {where} ORDER BY d.event_seq DESC LIMIT 1", (*scope, *args)
+    ).fetchone()
+    if row is None:
+        return None
+    external_id = str(row[0])
+    # An edit is recorded under the id of the post it edited (Slack's chat.update answers with its ts).
+    latest = conn.execute(
+        f"{head} AND d.external_id = ? ORDER BY d.event_seq DESC LIMIT 1", (*scope, external_id)
+    ).fetchone()
+    return external_id, Severity(latest[1])
+
+
+def _following(
+    conn: sqlite3.Connection, event: ClinicalEvent, routed: list[NewDelivery], supersedes: Supersedes
+) -> list[NewDelivery]:
+    """The routed deliveries, then one to each other channel holding a post ``event`` corrects or cancels."""
+    channels = {d.channel for d in routed}
+    return [*routed, *(NewDelivery(c) for c in _holders(conn, event, supersedes) if c not in channels)]
+
+
+def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Supersedes) -> list[str]:
+    """Channels holding a post that ``event`` corrects or cancels: delivered, or still to be sent.
+
+    A correction or cancellation must reach the post it supersedes whatever the routes say (a
+    channel routed only critical results must see the critical value withdrawn). A post still
+    pending counts: a channel that is slow or retrying would otherwise post the critical value
+    later and never hear of its correction; by the time the correction is claimed there, the
+    claim's thread order has settled the original (delivered: edited; dead: posted anew).
+
+    Updates (a reply: the return from leave, a no-show, a completed order) do not follow: they
+    add to what a post says instead of making it wrong, they name no post (the catalogue gives
+    them nothing they supersede), and a channel routed, say, critical results only would get
+    every order completion of its patients. A site that wants them routes their types.
+    """
+    found = _superseded(event, supersedes)
+    if found is None:
+        return []
+    where, args = found
+    rows = conn.execute(
+        "SELECT DISTINCT d.channel FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f" WHERE d.thread_key=? AND d.status IN (?, ?, ?) AND {where} ORDER BY d.channel",
+        (event.thread_key, DeliveryStatus.DELIVERED.value, *_OPEN, *args),
+    ).fetchall()
+    return [str(r[0]) for r in rows]

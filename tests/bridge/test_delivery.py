@@ -7,6 +7,8 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import pytest
@@ -15,9 +17,9 @@ import yaml
 from bridge.channels import ChannelConfig, PhiLevel, Post, SendResult
 from bridge.compose import Templates
 from bridge.config import DeliveryConfig
-from bridge.delivery import ChannelWorker, Dispatcher, RateLimiter, RetryPolicy
+from bridge.delivery import ChannelWorker, Dispatcher, RateLimiter, RetryPolicy, alert_for
 from bridge.errors import ConfigError, Permanent, Retryable
-from bridge.events import ClinicalEvent, EventType, Lifecycle, Subject
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity, Subject
 from bridge.mapping import mappings_dir
 from bridge.store import ClaimedDelivery, JournalEntry, NewDelivery
 from bridge.store.sqlite import SQLiteStore
@@ -541,3 +543,154 @@ def test_a_worker_for_a_locale_without_templates_is_a_config_error(store: SQLite
     with pytest.raises(ConfigError) as caught:
         worker_for(store, templates, locale="fr")
     assert caught.value.path == f"channels.{CHANNEL}.locale"
+
+
+# -- a correction that raises the severity alerts as well as edits (issue #4 review, finding 4) ----------
+
+
+def alert_case_post(lifecycle: Lifecycle, severity: Severity, *, original_ref: str | None) -> Post:
+    event = ClinicalEvent(
+        id="evt-1",
+        type=EventType.RESULT_CORRECTED if lifecycle is Lifecycle.CORRECT else EventType.RESULT_RETRACTED,
+        severity=severity,
+        occurred_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        source="urn:test",
+        thread_key="T",
+        dedup_key="D",
+        lifecycle=lifecycle,
+        links={"corrects" if lifecycle is Lifecycle.CORRECT else "cancels": "LAB:F1"},
+    )
+    return Post("evt-1.chan", CHANNEL, event, "title", "summary", thread_ref="ts-root", original_ref=original_ref)
+
+
+C, W, N = Severity.CRITICAL, Severity.WARNING, Severity.NOTICE
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "severity", "shown", "original_ref", "alerts"),
+    [
+        pytest.param(Lifecycle.CORRECT, C, N, "ts-1", True, id="normal-to-critical"),
+        pytest.param(Lifecycle.CORRECT, W, N, "ts-1", True, id="more-severe"),
+        pytest.param(Lifecycle.CORRECT, C, C, "ts-1", True, id="critical-stays-critical-with-a-new-value"),
+        pytest.param(Lifecycle.CORRECT, C, None, "ts-1", True, id="critical-whatever-was-shown"),
+        pytest.param(Lifecycle.CORRECT, W, W, "ts-1", False, id="as-severe"),
+        pytest.param(Lifecycle.CORRECT, N, C, "ts-1", False, id="critical-to-normal"),
+        pytest.param(Lifecycle.CORRECT, W, None, "ts-1", False, id="not-critical-and-nothing-known"),
+        pytest.param(Lifecycle.CORRECT, C, N, None, False, id="no-edit-it-is-a-new-post-anyway"),
+        pytest.param(Lifecycle.CANCEL, C, N, "ts-1", False, id="a-withdrawal-only-strikes"),
+    ],
+)
+def test_alert_for_a_correction_that_edits_a_less_severe_post(
+    lifecycle: Lifecycle, severity: Severity, shown: Severity | None, original_ref: str | None, alerts: bool
+) -> None:
+    post = alert_case_post(lifecycle, severity, original_ref=original_ref)
+
+    alert = alert_for(post, shown)
+
+    if alerts:
+        # The same post, as a reply in the thread: thread kept, nothing to edit.
+        assert alert == replace(post, original_ref=None)
+        assert alert.thread_ref == "ts-root"
+    else:
+        assert alert is None
+
+
+async def shown_then_corrected(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, shown: Severity, corrected: Severity
+) -> ClinicalEvent:
+    """A result of severity ``shown`` delivered as ts-original, then its correction of severity ``corrected``."""
+    original = make_event(type=EventType.RESULT_FINAL, severity=shown, subject=Subject(kind="result", key="LAB:F1"))
+    await commit(store, make_entry, original)
+    await store.mark_delivered((await claim_one(store)).id, external_id="ts-original", thread_root=True)
+    correction = make_event(
+        type=EventType.RESULT_CORRECTED,
+        severity=corrected,
+        subject=Subject(kind="result", key="LAB:F1"),
+        lifecycle=Lifecycle.CORRECT,
+        links={"corrects": "LAB:F1"},
+    )
+    await commit(store, make_entry, correction)
+    return correction
+
+
+class EditThenAlertAdapter(FakeAdapter):
+    """Answers an edit with the edited post's id (as Slack does); ``alert_errors`` fail the alerts in turn."""
+
+    def __init__(self, alert_errors: list[Exception] | None = None) -> None:
+        super().__init__()
+        self.alert_errors = list(alert_errors or [])
+        #: ("edit", original_ref) or ("post", thread_ref) per call, failures included.
+        self.kinds: list[tuple[str, str | None]] = []
+
+    async def send(self, payload: Post) -> SendResult:
+        if payload.original_ref is not None:
+            self.kinds.append(("edit", payload.original_ref))
+            self.sent.append(payload)
+            return SendResult(external_id=payload.original_ref)
+        self.kinds.append(("post", payload.thread_ref))
+        if self.alert_errors:
+            raise self.alert_errors.pop(0)
+        self.sent.append(payload)
+        return SendResult(external_id=f"ext-{len(self.sent)}")
+
+
+@pytest.mark.parametrize(
+    ("shown", "corrected", "kinds"),
+    [
+        pytest.param(
+            N, C, [("edit", "ts-original"), ("post", "ts-original")], id="normal-to-critical-edits-and-alerts"
+        ),
+        pytest.param(C, N, [("edit", "ts-original")], id="critical-to-normal-only-edits"),
+    ],
+)
+async def test_correction_edits_its_post_and_alerts_in_the_thread_when_more_severe(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    make_worker: WorkerFactory,
+    shown: Severity,
+    corrected: Severity,
+    kinds: list[tuple[str, str | None]],
+) -> None:
+    correction = await shown_then_corrected(store, make_entry, make_event, shown, corrected)
+    adapter = EditThenAlertAdapter()
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    assert adapter.kinds == kinds
+    assert all(p.event.id == correction.id for p in adapter.sent)
+    # One delivery, recorded under the edited post: the next correction edits that post again.
+    status, attempts, _, _, external_id = await row(store, correction)
+    assert (status, attempts, external_id) == ("delivered", 1, "ts-original")
+
+
+async def test_alert_that_fails_after_the_edit_retries_both_then_records_the_edit(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    correction = await shown_then_corrected(store, make_entry, make_event, N, C)
+    adapter = EditThenAlertAdapter([Retryable("timeout")])
+    worker = make_worker(adapter)
+
+    await worker.deliver(await claim_one(store))
+    status, attempts, _, last_error, _ = await row(store, correction)
+    assert (status, attempts, last_error) == ("pending", 1, "timeout")
+
+    await worker.deliver(await claim_one(store, later=1.0))
+
+    edit, alert = ("edit", "ts-original"), ("post", "ts-original")
+    assert adapter.kinds == [edit, alert, edit, alert]
+    assert (await row(store, correction))[0:2] == ("delivered", 2)
+    assert (await row(store, correction))[4] == "ts-original"
+
+
+async def test_alert_that_fails_for_good_leaves_the_correction_in_the_dead_letters(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    correction = await shown_then_corrected(store, make_entry, make_event, N, C)
+    adapter = EditThenAlertAdapter([Permanent("msg_too_long")])
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    status, _, _, last_error, _ = await row(store, correction)
+    assert (status, last_error) == ("dead", "msg_too_long")
+    assert adapter.kinds == [("edit", "ts-original"), ("post", "ts-original")]

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.outbound.slack import SlackAdapter
@@ -214,3 +215,135 @@ async def test_merge_names_both_identities_in_the_survivors_thread(bridge: Bridg
     # A full-PHI channel sees both records.
     assert prior in shown(merge) and survivor in shown(merge)
     assert not updates(slack), "a merge strikes or edits nothing"
+
+
+# --- which post a correction or withdrawal reaches, in which channels (issue #4 review, findings 1, 3, 4) ---
+
+ONCALL_ID = "C0ONCALL01"
+
+
+def potassium(value: str, flag: str, status: str, when: str) -> bytes:
+    """The potassium report F-100 of LAB1 with one OBX: ``value``, abnormal flag ``flag``, OBX-11 ``status``."""
+    return message(
+        "ORU^R01^ORU_R01",
+        when,
+        "2.5.1",
+        pid("7000123", "Testpatient^Alpha"),
+        pv1("V-1001"),
+        segment("OBR", {1: "1", 2: "P-100^CPOE", 3: "F-100^LAB1", 4: "2823-3^Potassium^LN", 22: when, 25: status}),
+        segment(
+            "OBX",
+            {1: "1", 2: "NM", 3: "2823-3^Potassium^LN", 5: value, 6: "mmol/L", 7: "3.5-5.1", 8: flag, 11: status},
+        ),
+    )
+
+
+def in_channel(calls: list[Call], channel: str) -> list[Call]:
+    return [c for c in calls if c.body["channel"] == channel]
+
+
+async def test_correction_and_withdrawal_reach_the_final_post_in_every_channel_that_has_it(
+    slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "oncall" is routed critical results only: the correction and the withdrawal match none of its
+    # routes, yet they must reach its critical post, or the critical value stands there for good.
+    monkeypatch.setattr(SlackAdapter, "rate_per_sec", 200.0)
+    bridge: Bridge = await make_bridge(
+        channels={
+            "slack": {"type": "slack", "token": TOKEN, "channel": CHANNEL_ID, "phi": "full"},
+            "oncall": {"type": "slack", "token": TOKEN, "channel": ONCALL_ID, "phi": "full"},
+        },
+        routes=[
+            {"name": "everything", "channels": ["slack"]},
+            {"name": "critical", "match": {"types": ["result.critical"]}, "channels": ["oncall"]},
+        ],
+        mapping={"mrn_authorities": [SITE]},
+    )
+    await send(
+        bridge,
+        adt("A01", "20260301080000"),
+        potassium("5.4", "H", "P", "20260301090000"),
+        potassium("6.9", "HH", "F", "20260301093000"),
+    )
+    await eventually(lambda: len(slack.posted()) == 4, "admission, preliminary and final in slack; final in oncall")
+    admission, preliminary, final = in_channel(slack.posted(), CHANNEL_ID)
+    (oncall_final,) = in_channel(slack.posted(), ONCALL_ID)
+    assert [(await delivered_event(bridge, c)).type for c in (preliminary, final, oncall_final)] == [
+        "result.preliminary",
+        "result.critical",
+        "result.critical",
+    ]
+
+    await send(bridge, potassium("4.9", "N", "C", "20260301100000"))
+    await eventually(lambda: len(updates(slack)) == 2, "the correction in both channels")
+    await send(bridge, potassium("4.9", "N", "W", "20260301103000"))
+    await eventually(lambda: len(updates(slack)) == 4, "the withdrawal in both channels")
+
+    for channel, post in ((CHANNEL_ID, final), (ONCALL_ID, oncall_final)):
+        corrected, withdrawn = in_channel(updates(slack), channel)
+        assert corrected.ok and withdrawn.ok
+        # The final report's post, not the preliminary one's, is corrected and then struck.
+        assert corrected.body["ts"] == withdrawn.body["ts"] == post.ts != preliminary.ts
+        assert "4.9" in shown(corrected) and "6.9" not in shown(corrected)
+        assert STRUCK.search(withdrawn.text)
+    # From critical to normal: edits only, nothing posted anew.
+    assert len(slack.posted()) == 4
+    assert admission.ts != final.ts
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "alerts"),
+    [
+        pytest.param(("4.0", "N"), ("6.9", "HH"), True, id="normal-to-critical-edits-and-alerts"),
+        pytest.param(("6.9", "HH"), ("4.9", "N"), False, id="critical-to-normal-only-edits"),
+    ],
+)
+async def test_correction_to_a_critical_value_also_alerts_in_the_thread(
+    bridge: Bridge, slack: FakeSlack, before: tuple[str, str], after: tuple[str, str], alerts: bool
+) -> None:
+    await send(bridge, adt("A01", "20260301080000"), potassium(*before, "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the result")
+    admission, result = slack.posted()
+
+    await send(bridge, potassium(*after, "C", "20260301100000"))
+    await eventually(lambda: len(updates(slack)) == 1, "the edit")
+    if alerts:
+        await eventually(lambda: len(slack.posted()) == 3, "the alert")
+
+    (edit,) = updates(slack)
+    assert edit.body["ts"] == result.ts and after[0] in shown(edit)
+    if not alerts:
+        assert len(slack.posted()) == 2
+        return
+    alert = slack.posted()[2]
+    # A reply in the visit's thread, shown in the channel too, sent after the edit.
+    assert alert.body["thread_ts"] == admission.ts and alert.body["reply_broadcast"] is True
+    assert after[0] in shown(alert) and alert.at > edit.at
+    event = await delivered_event(bridge, alert)
+    assert (event.type, event.severity) == ("result.corrected", "critical")
+    rows = await bridge.runtime.store.query("SELECT status, external_id FROM deliveries WHERE event_id=?", (event.id,))
+    assert rows == [("delivered", result.ts)]
+
+
+async def test_alert_whose_answer_was_lost_is_not_posted_twice(bridge: Bridge, slack: FakeSlack) -> None:
+    await send(bridge, adt("A01", "20260301080000"), potassium("4.0", "N", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the result")
+    # The edit and the alert read alike: the edit is answered, then Slack posts the alert and the answer is lost.
+    edited = httpx.Response(200, json={"ok": True, "channel": CHANNEL_ID, "ts": slack.posted()[1].ts})
+    slack.answer_first("6.9", edited, httpx.ReadTimeout("answer lost"))
+
+    await send(bridge, potassium("6.9", "HH", "C", "20260301100000"))
+    await eventually(lambda: len(updates(slack)) == 2, "the edit, repeated by the retry")
+
+    alerts = [m for m in slack.messages if "6.9" in m["text"]]
+    assert len(alerts) == 1, "the retry found the alert by its metadata and did not post it again"
+    delivery_id = alerts[0]["metadata"]["event_payload"]["delivery_id"]
+    await eventually(
+        lambda: _delivered(bridge, delivery_id),
+        "the correction recorded as delivered",
+    )
+
+
+async def _delivered(bridge: Bridge, delivery_id: str) -> bool:
+    rows = await bridge.runtime.store.query("SELECT status FROM deliveries WHERE id=?", (delivery_id,))
+    return rows == [("delivered",)]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import StoreError
-from bridge.events import ClinicalEvent, EventType, Lifecycle, Subject
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity, Subject
 from bridge.hl7.reader import parse
 from bridge.mapping import Mapper
 from bridge.store import (
@@ -296,7 +296,7 @@ async def test_commit_writes_journal_events_and_deliveries_together(
         dedup_window=DAY,
     )
 
-    assert result == CommitResult(duplicate=False, delivery_ids=result.delivery_ids)
+    assert result == CommitResult(duplicate=False, delivery_ids=result.delivery_ids, channels=("a", "b"))
     assert len(result.delivery_ids) == 2
     assert await store.query("SELECT id, status, control_id FROM journal") == [
         (entry.id, MessageStatus.ACCEPTED.value, entry.control_id)
@@ -703,11 +703,11 @@ async def test_delivery_that_is_not_a_thread_root_starts_no_thread(
     assert second.thread_ref is None
 
 
-async def test_correction_finds_the_first_delivered_post_of_its_subject(
+async def test_correction_finds_the_latest_delivered_post_of_its_subject(
     store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
 ) -> None:
     def result(type_: EventType, key: str, **extra: Any) -> ClinicalEvent:
-        return make_event(type=type_, subject=Subject(kind="report", key=key), **extra)
+        return make_event(type=type_, subject=Subject(kind="result", key=key), **extra)
 
     await store.commit_message(
         make_entry(),
@@ -725,7 +725,8 @@ async def test_correction_finds_the_first_delivered_post_of_its_subject(
     (claimed,) = await claim(store)
 
     assert claimed.event.id == correction.id
-    assert claimed.original_ref == "ts-prelim"
+    # Regression: the first post (the preliminary report) was edited, and the final one stood uncorrected.
+    assert claimed.original_ref == "ts-final"
 
 
 async def test_cancellation_finds_the_delivered_post_of_the_cancelled_type_in_its_thread(
@@ -806,7 +807,7 @@ async def test_cancel_target_not_made_only_of_event_types_is_a_subject_key(
     assert claimed.original_ref == "ts-order"
 
 
-async def test_mapped_order_changes_and_cancellation_refer_to_the_first_post_of_the_order(
+async def test_mapped_order_change_and_cancellation_refer_to_the_post_of_the_order(
     store: SQLiteStore, make_entry: EntryFactory
 ) -> None:
     # orders.yaml links by the order's subject key (placer number in its namespace), not by event type:
@@ -829,7 +830,7 @@ async def test_mapped_order_changes_and_cancellation_refer_to_the_first_post_of_
         await store.commit_message(make_entry(), routed(mapped(control, orc)), dedup_window=DAY)
         await deliver_in_order(store, [external_id])
     refs: list[str | None] = []
-    for control, orc in (("M3", "ORC|SC|PL1^CPOE|F1^LAB||IP"), ("M4", "ORC|CA|PL1^CPOE|F1^LAB")):
+    for control, orc in (("M3", "ORC|XO|PL1^CPOE|F1^LAB"), ("M4", "ORC|CA|PL1^CPOE|F1^LAB")):
         await store.commit_message(make_entry(), routed(mapped(control, orc)), dedup_window=DAY)
         (claimed,) = await claim(store)
         refs.append(claimed.original_ref)
@@ -1014,3 +1015,440 @@ async def test_synchronous_setting_reaches_the_writer(tmp_path: Path, mode: str,
 def test_unknown_synchronous_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(tmp_path / "s.db", synchronous="OFF")
+
+
+# -- what a correction or cancellation supersedes (issue #4 review, findings 1, 2, 3, 12) ----------
+
+
+def fact(
+    type_: EventType,
+    key: str | None = None,
+    *,
+    kind: str | None = None,
+    lifecycle: Lifecycle = Lifecycle.NEW,
+    link: str | None = None,
+    severity: Severity = Severity.NOTICE,
+    thread_key: str = "TESTHOSP|V-TEST-0001",
+) -> dict[str, Any]:
+    """make_event overrides of one fact: its subject kind defaults to the type's family (result.* → result).
+
+    ``link`` is the value of ``corrects`` (correct) or ``cancels`` (cancel); it defaults to the key.
+    """
+    links = {}
+    if lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL):
+        links = {"corrects" if lifecycle is Lifecycle.CORRECT else "cancels": link or str(key)}
+    return {
+        "type": type_,
+        "subject": Subject(kind=kind or type_.value.split(".")[0], key=key),
+        "lifecycle": lifecycle,
+        "links": links,
+        "severity": severity,
+        "thread_key": thread_key,
+    }
+
+
+def correction(type_: EventType, key: str, **extra: Any) -> dict[str, Any]:
+    return fact(type_, key, lifecycle=Lifecycle.CORRECT, **extra)
+
+
+def cancellation(type_: EventType, key: str | None, **extra: Any) -> dict[str, Any]:
+    return fact(type_, key, lifecycle=Lifecycle.CANCEL, **extra)
+
+
+VISIT = "V-TEST-0001"
+T = EventType
+#: (what the channel showed, as make_event overrides and the external id the delivery recorded: a new
+#: post's own id, an edit the id of the post it edited, as Slack answers), the event that follows, and the
+#: post it must edit or strike (None: nothing qualifies, it is posted anew).
+SUPERSEDES_CASES = [
+    pytest.param(
+        [(fact(T.RESULT_PRELIMINARY, "LAB:F1"), "ts-prelim"), (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        "ts-final",
+        id="1-correction-edits-the-final-report-not-the-preliminary",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_PRELIMINARY, "LAB:F1"), "ts-prelim"),
+            (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+            (correction(T.RESULT_CORRECTED, "LAB:F1"), "ts-final"),
+        ],
+        cancellation(T.RESULT_RETRACTED, "LAB:F1"),
+        "ts-final",
+        id="1-withdrawal-after-a-correction-strikes-the-final-report",
+    ),
+    pytest.param(
+        [
+            (fact(T.APPOINTMENT_BOOKED, "SCH:A1"), "ts-booked"),
+            (cancellation(T.APPOINTMENT_CANCELLED, "SCH:A1"), "ts-booked"),
+            (fact(T.APPOINTMENT_BOOKED, "SCH:A1"), "ts-rebooked"),
+        ],
+        correction(T.APPOINTMENT_RESCHEDULED, "SCH:A1"),
+        "ts-rebooked",
+        id="1-reschedule-edits-the-new-booking-not-the-cancelled-one",
+    ),
+    pytest.param(
+        [(fact(T.ORDER_PLACED, "CPOE:ORD1"), "ts-order"), (fact(T.RESULT_FINAL, "CPOE:ORD1"), "ts-result")],
+        correction(T.RESULT_CORRECTED, "CPOE:ORD1"),
+        "ts-result",
+        id="2-result-keyed-by-the-placer-number-edits-the-result-not-the-order",
+    ),
+    pytest.param(
+        [(fact(T.ORDER_PLACED, "CPOE:ORD1"), "ts-order")],
+        correction(T.RESULT_CORRECTED, "CPOE:ORD1"),
+        None,
+        id="2-result-correction-never-edits-an-order",
+    ),
+    pytest.param(
+        [(fact(T.RESULT_FINAL, "CPOE:ORD1"), "ts-result")],
+        cancellation(T.ORDER_CANCELLED, "CPOE:ORD1"),
+        None,
+        id="2-order-cancellation-never-strikes-a-result",
+    ),
+    pytest.param(
+        [(fact(T.ORDER_PLACED, "CPOE:ORD1"), "ts-lab-order")],
+        correction(T.ORDER_CHANGED, "CPOE:ORD1", kind="medication"),
+        None,
+        id="2-pharmacy-change-never-edits-a-lab-order-of-the-same-number",
+    ),
+    pytest.param(
+        [(fact(T.MEDICATION_ORDERED, "CPOE:ORD1"), "ts-medication")],
+        correction(T.ORDER_CHANGED, "CPOE:ORD1", kind="medication"),
+        "ts-medication",
+        id="2-pharmacy-change-edits-the-medication-order",
+    ),
+    pytest.param(
+        [(fact(T.DOCUMENT_AVAILABLE, "DOC:D1"), "ts-doc")],
+        correction(T.DOCUMENT_AMENDED, "DOC:D2", link="DOC:D1"),
+        "ts-doc",
+        id="12-addendum-edits-its-parent",
+    ),
+    pytest.param(
+        [
+            (fact(T.DOCUMENT_AVAILABLE, "DOC:D1"), "ts-doc"),
+            (correction(T.DOCUMENT_AMENDED, "DOC:D2", link="DOC:D1"), "ts-doc"),
+        ],
+        cancellation(T.DOCUMENT_CANCELLED, "DOC:D2"),
+        None,
+        id="12-withdrawn-addendum-does-not-strike-its-parent",
+    ),
+    pytest.param(
+        [
+            (fact(T.ENCOUNTER_ADMITTED, VISIT), "ts-admit"),
+            (fact(T.ENCOUNTER_TRANSFERRED, VISIT), "ts-to-icu"),
+            (fact(T.ENCOUNTER_TRANSFERRED, VISIT, lifecycle=Lifecycle.UPDATE), "ts-to-radiology"),
+            (fact(T.ENCOUNTER_TRANSFERRED, VISIT, lifecycle=Lifecycle.UPDATE), "ts-back-from-radiology"),
+        ],
+        cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.transferred"),
+        "ts-to-icu",
+        id="1-A12-strikes-the-transfer-not-a-later-tracking-move",
+    ),
+    pytest.param(
+        [
+            (fact(T.ENCOUNTER_ADMITTED, VISIT), "ts-admit"),
+            (cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"), "ts-admit"),
+            (fact(T.ENCOUNTER_ADMITTED, VISIT), "ts-readmit"),
+        ],
+        cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"),
+        "ts-readmit",
+        id="types-A11-after-a-readmission-strikes-the-readmission",
+    ),
+    pytest.param(
+        [(fact(T.RESULT_FINAL, "LAB:F1", thread_key="OTHER-VISIT"), "ts-other-visit")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        None,
+        id="only-in-its-own-thread",
+    ),
+]
+
+
+async def show(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, shown: list[tuple[dict[str, Any], str]]
+) -> None:
+    """Commit and deliver each fact in turn to "chan", recording the given external id."""
+    for overrides, external_id in shown:
+        await store.commit_message(make_entry(), routed(make_event(**overrides)), dedup_window=DAY)
+        (head,) = await claim(store)
+        await store.mark_delivered(head.id, external_id=external_id, thread_root=False)
+
+
+@pytest.mark.parametrize(("shown", "then", "edits"), SUPERSEDES_CASES)
+async def test_correction_or_cancellation_edits_the_latest_new_post_it_supersedes(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    shown: list[tuple[dict[str, Any], str]],
+    then: dict[str, Any],
+    edits: str | None,
+) -> None:
+    await show(store, make_entry, make_event, shown)
+    event = make_event(**then)
+    await store.commit_message(make_entry(), routed(event), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert claimed.event.id == event.id
+    assert claimed.original_ref == edits
+
+
+def test_supersedes_table_comes_from_the_catalogue() -> None:
+    table = sqlite_module.supersedes_table()
+
+    assert table[(T.RESULT_CORRECTED, Lifecycle.CORRECT)] == (
+        "result.preliminary",
+        "result.final",
+        "result.critical",
+        "result.corrected",
+    )
+    assert "order.placed" not in table[(T.RESULT_RETRACTED, Lifecycle.CANCEL)]
+    assert (T.ORDER_COMPLETED, Lifecycle.UPDATE) not in table  # an update supersedes nothing
+    assert sqlite_module.supersedes_table() is table  # read once
+
+
+#: What the channel "holder" has of the thread (make_event overrides, and how its delivery ended), the
+#: event that follows (routed to "routed" only) and the channels it must reach.
+FOLLOW_CASES = [
+    pytest.param(
+        [(fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "delivered")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        ["holder", "routed"],
+        id="3-correction-reaches-the-channel-holding-the-critical-post",
+    ),
+    pytest.param(
+        [(fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "delivered")],
+        cancellation(T.RESULT_RETRACTED, "LAB:F1"),
+        ["holder", "routed"],
+        id="3-withdrawal-reaches-the-channel-holding-the-critical-post",
+    ),
+    pytest.param(
+        [(fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "pending")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        ["holder", "routed"],
+        id="3-post-still-to-be-sent-counts",
+    ),
+    pytest.param(
+        [(fact(T.ENCOUNTER_ADMITTED, VISIT), "delivered")],
+        cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"),
+        ["holder", "routed"],
+        id="3-A11-reaches-the-channel-holding-the-admission",
+    ),
+    pytest.param(
+        [(fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "dead")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        ["routed"],
+        id="3-dead-post-is-not-held",
+    ),
+    pytest.param(
+        [(fact(T.RESULT_CRITICAL, "LAB:F1", thread_key="OTHER-VISIT"), "delivered")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        ["routed"],
+        id="3-post-of-another-thread-is-not-followed",
+    ),
+    pytest.param(
+        [(fact(T.ORDER_PLACED, "CPOE:ORD1"), "delivered")],
+        correction(T.RESULT_CORRECTED, "CPOE:ORD1"),
+        ["routed"],
+        id="2-3-result-correction-does-not-follow-an-order-post",
+    ),
+    pytest.param(
+        [(fact(T.ORDER_PLACED, "CPOE:ORD1"), "delivered")],
+        fact(T.ORDER_COMPLETED, "CPOE:ORD1", lifecycle=Lifecycle.UPDATE),
+        ["routed"],
+        id="3-an-update-goes-where-its-routes-say",
+    ),
+]
+
+
+@pytest.mark.parametrize(("held", "then", "channels"), FOLLOW_CASES)
+async def test_correction_or_cancellation_also_goes_to_every_channel_holding_its_post(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    held: list[tuple[dict[str, Any], str]],
+    then: dict[str, Any],
+    channels: list[str],
+) -> None:
+    for overrides, fate in held:
+        await store.commit_message(
+            make_entry(), routed(make_event(**overrides), channels=("holder",)), dedup_window=DAY
+        )
+        if fate == "pending":
+            continue
+        (head,) = await claim(store, "holder")
+        if fate == "dead":
+            await store.mark_dead(head.id, error="gone")
+        else:
+            await store.mark_delivered(head.id, external_id="ts-held", thread_root=False)
+    event = make_event(**then)
+
+    result = await store.commit_message(make_entry(), routed(event, channels=("routed",)), dedup_window=DAY)
+
+    rows = await store.query("SELECT channel, status FROM deliveries WHERE event_id=? ORDER BY channel", (event.id,))
+    assert rows == [(c, "pending") for c in channels]
+    assert sorted(result.delivery_ids) == sorted(f"{event.id}.{c}" for c in channels)
+    assert sorted(result.channels) == channels
+
+
+async def test_correction_routed_nowhere_still_edits_the_post_it_follows(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(
+        make_entry(), routed(make_event(**fact(T.RESULT_CRITICAL, "LAB:F1")), channels=("oncall",)), dedup_window=DAY
+    )
+    (critical,) = await claim(store, "oncall")
+    await store.mark_delivered(critical.id, external_id="ts-critical", thread_root=False)
+    event = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+
+    result = await store.commit_message(make_entry(), [(event, [])], dedup_window=DAY)
+
+    assert result.channels == ("oncall",)
+    assert await store.query("SELECT status FROM events WHERE id=?", (event.id,)) == [("routed",)]
+    (claimed,) = await claim(store, "oncall")
+    assert (claimed.event.id, claimed.original_ref) == (event.id, "ts-critical")
+
+
+async def test_correction_follows_its_post_once_per_channel_and_not_as_a_duplicate(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(
+        make_entry(), routed(make_event(**fact(T.RESULT_FINAL, "LAB:F1")), channels=("a", "b")), dedup_window=DAY
+    )
+    event = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+
+    first = await store.commit_message(make_entry(), routed(event, channels=("a",)), dedup_window=DAY)
+    again = await store.commit_message(
+        make_entry(),
+        routed(make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"), dedup_key=event.dedup_key)),
+        dedup_window=DAY,
+    )
+
+    assert sorted(first.channels) == ["a", "b"]
+    assert again.delivery_ids == () and again.channels == ()
+
+
+async def test_correction_following_its_post_to_a_disabled_channel_is_dead_there(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    await store.commit_message(
+        make_entry(), routed(make_event(**fact(T.RESULT_FINAL, "LAB:F1")), channels=("off",)), dedup_window=DAY
+    )
+    (final,) = await claim(store, "off")
+    await store.mark_delivered(final.id, external_id="ts-final", thread_root=False)
+    await store.disable_channel("off", reason="invalid_auth")
+    event = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+
+    result = await store.commit_message(make_entry(), routed(event, channels=("on",)), dedup_window=DAY)
+
+    assert result.channels == ("on",)
+    rows = await store.query("SELECT channel, status FROM deliveries WHERE event_id=? ORDER BY channel", (event.id,))
+    assert rows == [("off", "dead"), ("on", "pending")]
+
+
+@pytest.mark.parametrize(
+    ("shown", "then", "severity"),
+    [
+        pytest.param(
+            [(fact(T.RESULT_FINAL, "LAB:F1", severity=Severity.NOTICE), "ts-final")],
+            correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.CRITICAL),
+            Severity.NOTICE,
+            id="the-original-post",
+        ),
+        pytest.param(
+            [
+                (fact(T.RESULT_FINAL, "LAB:F1", severity=Severity.NOTICE), "ts-final"),
+                (correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.CRITICAL), "ts-final"),
+            ],
+            correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.WARNING),
+            Severity.CRITICAL,
+            id="as-an-earlier-correction-edited-it",
+        ),
+        pytest.param(
+            [(fact(T.RESULT_FINAL, "LAB:F2", severity=Severity.WARNING), "ts-other")],
+            correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.CRITICAL),
+            None,
+            id="no-post",
+        ),
+    ],
+)
+async def test_claim_tells_the_severity_the_edited_post_shows(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    shown: list[tuple[dict[str, Any], str]],
+    then: dict[str, Any],
+    severity: Severity | None,
+) -> None:
+    await show(store, make_entry, make_event, shown)
+    await store.commit_message(make_entry(), routed(make_event(**then)), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert claimed.original_severity == severity
+
+
+async def test_subject_kind_migration_keeps_old_rows_resolvable(
+    db_path: Path, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    # A database at schema 4: its events have no subject kind, its thread index leads with the channel.
+    conn = sqlite3.connect(db_path)
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    final = make_event(**fact(T.RESULT_FINAL, "LAB:F1"))
+    now = time.time()
+    conn.execute(
+        "INSERT INTO journal (id, received_at, listener, transport, status, raw) VALUES ('m', ?, 't', 'mllp', ?, ?)",
+        (now, "accepted", b"MSH|"),
+    )
+    conn.execute(
+        "INSERT INTO events (id, message_id, type, severity, lifecycle, thread_key, dedup_key, subject_key, status,"
+        " created_at, body) VALUES (?, 'm', ?, ?, 'new', ?, 'old', 'LAB:F1', 'routed', ?, ?)",
+        (final.id, final.type.value, final.severity.value, final.thread_key, now, final.model_dump_json()),
+    )
+    conn.execute(
+        "INSERT INTO deliveries (id, event_id, event_seq, channel, thread_key, status, next_attempt_at, external_id,"
+        " created_at, updated_at) VALUES ('old.chan', ?, 1, 'chan', ?, 'delivered', ?, 'ts-old', ?, ?)",
+        (final.id, final.thread_key, now, now, now),
+    )
+    conn.commit()
+    conn.close()
+    upgraded = SQLiteStore(db_path)
+    await upgraded.open()
+    try:
+        indexes = {r[0] for r in await upgraded.query("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "deliveries_thread" in indexes and "deliveries_thread_open" not in indexes
+        event = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+        result = await upgraded.commit_message(make_entry(), [(event, [])], dedup_window=DAY)
+
+        (claimed,) = await claim(upgraded)
+
+        assert result.channels == ("chan",)
+        assert (claimed.event.id, claimed.original_ref) == (event.id, "ts-old")
+        kinds = await upgraded.query("SELECT id, subject_kind FROM events ORDER BY seq")
+        assert kinds == [(final.id, None), (event.id, "result")]
+    finally:
+        await upgraded.close()
+
+
+async def test_channels_holding_a_post_are_found_on_the_thread_index(store: SQLiteStore) -> None:
+    # Every correction and cancellation runs this lookup inside the commit: no scan of the outbox.
+    event = ClinicalEvent(
+        id="e",
+        type=T.RESULT_CORRECTED,
+        occurred_at=RECEIVED,
+        source="urn:test",
+        thread_key="T",
+        dedup_key="d",
+        subject=Subject(kind="result", key="K"),
+        lifecycle=Lifecycle.CORRECT,
+        links={"corrects": "K"},
+    )
+    where, args = sqlite_module._superseded(event, sqlite_module.supersedes_table()) or ("", [])
+    plan = await store.query(
+        "EXPLAIN QUERY PLAN SELECT DISTINCT d.channel FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f" WHERE d.thread_key=? AND d.status IN (?, ?, ?) AND {where}",
+        ("T", "delivered", "pending", "in_flight", *args),
+    )
+    details = " ".join(str(row[3]) for row in plan)
+
+    assert "SEARCH d USING INDEX deliveries_thread (thread_key=?)" in details, details
+    assert "SCAN" not in details, details
