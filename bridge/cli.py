@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,14 +164,18 @@ def map_(
     except MappingError as exc:
         typer.echo(f"mapping error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    # Pseudonyms keyed for this run only: an unkeyed hash of a visit number is reversed by trying them all.
+    hash_key = secrets.token_bytes(32)
     if table:
-        typer.echo(format_table(reports, phi or PhiLevel.LIMITED), nl=False)
+        typer.echo(format_table(reports, phi or PhiLevel.LIMITED, hash_key=hash_key), nl=False)
     if counted is not None:
         if table:
             typer.echo("")
         typer.echo(format_summary(counted), nl=False)
     if not table and counted is None:
-        json.dump(reports_json(reports, phi or PhiLevel.FULL), sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(
+            reports_json(reports, phi or PhiLevel.FULL, hash_key=hash_key), sys.stdout, indent=2, ensure_ascii=False
+        )
         sys.stdout.write("\n")
 
 
@@ -201,11 +206,34 @@ def simulate(
 
 @app.command("check-config")
 def check_config(file: Path) -> None:
-    """Validate a config file; errors name the YAML path."""
+    """Validate a config file and load what serve would: the mapping files of both formats and the templates.
+
+    Errors name the YAML path of the config, or the file and JSON path of a mapping or template file.
+    """
+    from bridge.compose import Templates
+    from bridge.fhir.mapping import FhirMapper
+    from bridge.mapping import Mapper, MappingOptions
+
     settings = _settings(file)
+    options = MappingOptions.from_config(settings.mapping)
+    try:
+        # FHIR files are checked even without subscriptions: a site's extra folder may hold them for later.
+        hl7, fhir = Mapper.load(options), FhirMapper.load(options)
+    except MappingError as exc:
+        typer.echo(f"mapping error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        templates = Templates.load(settings.mapping.extra_paths, timezone=settings.templates.zone)
+    except MappingError as exc:
+        typer.echo(f"template error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(
         f"ok: {len(settings.listeners)} listener(s), {len(settings.routes)} route(s), "
         f"{len(settings.channels)} channel(s): {', '.join(sorted(settings.channels))}"
+    )
+    typer.echo(
+        f"mappings: {len(hl7.sources)} HL7 v2 and {len(fhir.sources)} FHIR file(s); "
+        f"templates: {', '.join(sorted(templates.locales))}, times shown in {settings.templates.timezone}"
     )
 
 

@@ -157,6 +157,28 @@ class MappingConfig(_Section):
     #: Assigning authorities of this site's MRNs (HL7 CX-4.1, FHIR Identifier.system), most preferred first:
     #: picks the MRN when PID-3 carries MR identifiers of several authorities.
     mrn_authorities: list[str] = Field(default_factory=list)
+    #: IANA time zone of HL7 times without an offset (TS/DTM: the sender's local time), e.g. EVN-2, AIS-4.
+    #: In a config file the default is ``templates.timezone``.
+    sender_timezone: str = "UTC"
+
+    @field_validator("extra_paths")
+    @classmethod
+    def _paths_exist(cls, value: list[Path]) -> list[Path]:
+        for i, path in enumerate(value):
+            if not path.exists():
+                # A typo here would silently run the bundled mappings only.
+                raise ConfigError(f"no such file or folder: {path}", path=f"mapping.extra_paths[{i}]")
+        return value
+
+    @field_validator("sender_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
+    @property
+    def sender_zone(self) -> tzinfo:
+        return _zone(self.sender_timezone)
 
 
 def _zone(name: str) -> tzinfo:
@@ -169,12 +191,22 @@ def _zone(name: str) -> tzinfo:
         raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Berlin, America/New_York)") from exc
 
 
+def _valid_zone(name: object) -> bool:
+    if not isinstance(name, str):
+        return False
+    try:
+        _zone(name)
+    except ValueError:
+        return False
+    return True
+
+
 class TemplatesConfig(_Section):
     """The wording of notifications: ``mappings/templates/<locale>.yaml`` (see docs/configuration.md)."""
 
     #: Locale of every channel that neither names its own nor gets one from its routes.
     locale: str = Field("en", pattern=LOCALE_PATTERN)
-    #: IANA time zone in which ``{time}`` and ``{start}`` are shown (and naive appointment times are read).
+    #: IANA time zone in which ``{time}`` and ``{start}`` are shown; the default of ``mapping.sender_timezone``.
     timezone: str = "UTC"
 
     @field_validator("timezone")
@@ -351,6 +383,24 @@ class Settings(_Section):
             except PydanticValidationError as exc:
                 raise ConfigError(_first_error(exc), path=_join(path, exc.errors()[0]["loc"])) from exc
         return {**data, "channels": built}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sender_zone(cls, data: Any) -> Any:
+        # HL7 times without offset are the sender's local time: unless told otherwise, the site's own zone.
+        if not isinstance(data, dict):
+            return data
+        mapping, templates = data.get("mapping", {}), data.get("templates", {})
+        zone = templates.timezone if isinstance(templates, TemplatesConfig) else None
+        if isinstance(templates, dict):
+            zone = templates.get("timezone", "UTC")
+        if not _valid_zone(zone):
+            return data  # templates.timezone names its own error
+        if isinstance(mapping, dict) and "sender_timezone" not in mapping:
+            return {**data, "mapping": {**mapping, "sender_timezone": zone}}
+        if isinstance(mapping, MappingConfig) and "sender_timezone" not in mapping.model_fields_set:
+            return {**data, "mapping": mapping.model_copy(update={"sender_timezone": zone})}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -14,20 +14,20 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from bridge import metrics
-from bridge.channels import OutboundAdapter, PhiLevel, Post
+from bridge.channels import OutboundAdapter, PhiLevel, Post, SendResult
 from bridge.compose import Templates, compose, redact
 from bridge.config import DeliveryConfig
 from bridge.errors import ConfigError, Permanent, Retryable
-from bridge.events import Lifecycle
+from bridge.events import Lifecycle, Severity
 from bridge.logs import error_fields
 from bridge.store import ClaimedDelivery, Store
 
-__all__ = ["ChannelWorker", "Dispatcher", "RateLimiter", "RetryPolicy"]
+__all__ = ["ChannelWorker", "Dispatcher", "RateLimiter", "RetryPolicy", "alert_for", "recorded_send"]
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +90,52 @@ class RateLimiter:
         self._next = max(now, self._next) + self.interval
         if wait > 0:
             await self._sleep(wait)
+
+
+def alert_for(post: Post, shown: Severity | None) -> Post | None:
+    """The reply that makes a correction heard, when editing the post alone would not; else None.
+
+    An edit notifies nobody. A correction that edits a post (``post.original_ref``) must also
+    alert when it is critical, or more severe than ``shown``, the severity of what the post
+    showed before: a potassium corrected from 4.0 to 6.9 is a new critical value. The alert is
+    the same post as a new message in the thread (``original_ref`` dropped, ``thread_ref``
+    kept), sent in the same delivery right after the edit; the delivery records the edit's
+    external id, so later corrections keep editing the original post. A correction to a lower
+    severity (critical to normal) only edits.
+
+    Failures, as the worker handles them (one delivery, one outcome):
+
+    - the edit fails: nothing was sent; the delivery is retried or dead as any other;
+    - the edit went through and the alert failed with a ``Retryable``: the next attempt sends
+      both again. Repeating the edit is harmless (it sets the same content on the same post),
+      and an alert that may have been posted (a timeout, a 5xx) is not posted twice: the Slack
+      adapter remembers the delivery id and finds the reply by its message metadata before
+      posting again (within the process; after a restart the floor is at least once, so a
+      second alert is possible, a lost one is not);
+    - the alert fails for good (``Permanent``, attempts exhausted): the delivery is dead
+      although the post shows the correction, so the missing alert is in the dead letters
+      and ``dlq replay`` sends it (with a harmless repeat of the edit).
+    """
+    if post.original_ref is None or post.event.lifecycle is not Lifecycle.CORRECT:
+        return None
+    severity = post.event.severity
+    if severity is not Severity.CRITICAL and (shown is None or severity.rank <= shown.rank):
+        return None
+    return replace(post, original_ref=None)
+
+
+def recorded_send(post: Post, result: SendResult, *, threads: bool) -> tuple[str | None, bool]:
+    """What the store records of a sent ``post``: its external id, and whether it starts its thread in the channel.
+
+    A correction or cancellation of a post the channel holds (``original_ref``) changes that post
+    in place: it keeps the original's id (Slack's chat.update answers with the same ts), so what
+    later resolves to it finds the post that is there, and it starts no thread. Anything else is
+    a new post under the id the adapter reports; with ``threads`` (the adapter threads) and no
+    thread to reply in, it is the thread's first post.
+    """
+    if post.original_ref is not None and post.event.lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL):
+        return post.original_ref, False
+    return result.external_id, threads and post.thread_ref is None
 
 
 class ChannelWorker:
@@ -204,8 +250,14 @@ class ChannelWorker:
         try:
             post = self.post_for(claimed)
             payload = self.adapter.render(post)
+            alert = alert_for(post, claimed.original_severity)
+            alert_payload = self.adapter.render(alert) if alert is not None else None
             await self.limiter.acquire()
             result = await self.adapter.send(payload)
+            if alert_payload is not None:
+                # After the edit, never before: a reply must not alert to a value the post does not show yet.
+                await self.limiter.acquire()
+                await self.adapter.send(alert_payload)
         except Retryable as exc:
             await self._retry(claimed, str(exc), exc.defer, fields)
             return
@@ -221,17 +273,19 @@ class ChannelWorker:
             return
         finally:
             metrics.DELIVERY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-        edits_original = post.original_ref is not None and claimed.event.lifecycle in (
-            Lifecycle.CORRECT,
-            Lifecycle.CANCEL,
-        )
-        thread_root = self.adapter.supports_threads and post.thread_ref is None and not edits_original
-        await self.store.mark_delivered(claimed.id, external_id=result.external_id, thread_root=thread_root)
+        external_id, thread_root = recorded_send(post, result, threads=self.adapter.supports_threads)
+        await self.store.mark_delivered(claimed.id, external_id=external_id, thread_root=thread_root)
         await self.store.audit(
             "disclosed", channel=self.name, event_id=claimed.event.id, detail=f"phi={self.phi.value}"
         )
         metrics.DELIVERIES.labels(self.name, "delivered").inc()
-        log.info("delivery.delivered", **fields, outcome="delivered", external_id=result.external_id)
+        log.info(
+            "delivery.delivered",
+            **fields,
+            outcome="delivered",
+            external_id=result.external_id,
+            alerted=alert_payload is not None,
+        )
 
     async def _retry(
         self, claimed: ClaimedDelivery, error: str, defer: float | None, fields: dict[str, object]

@@ -10,15 +10,16 @@ no file matches yields no events (the caller journals it as unmapped).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jsonschema
 import yaml
@@ -32,6 +33,7 @@ from bridge.hl7.reader import Delimiters, Message, Segment, unescape
 __all__ = [
     "Mapper",
     "MappingOptions",
+    "compile_mappings",
     "hl7_date",
     "hl7_datetime",
     "hl7_timestamp",
@@ -53,6 +55,8 @@ class MappingOptions:
     #: Assigning authorities (HL7 CX-4.1; FHIR Identifier.system) of this site's MRNs, preferred in that order
     #: when a patient carries MRs of several authorities (a repetition choice with ``authority``).
     mrn_authorities: tuple[str, ...] = ()
+    #: Time zone of HL7 times without an offset: the sender's local time (``mapping.sender_timezone``).
+    sender_timezone: tzinfo = UTC
 
     @classmethod
     def from_config(cls, cfg: MappingConfig) -> MappingOptions:
@@ -60,6 +64,7 @@ class MappingOptions:
             critical_flags=frozenset(cfg.critical_flags),
             extra_paths=tuple(cfg.extra_paths),
             mrn_authorities=tuple(cfg.mrn_authorities),
+            sender_timezone=cfg.sender_zone,
         )
 
 
@@ -108,14 +113,43 @@ def load_mappings(
     a base, never a mapping of its own, so it is neither tried nor validated alone.
 
     Every resulting mapping is validated against ``schema_path``. Raises MappingError
-    naming the file (for an overlay, the overlay) and the JSON path.
+    naming the file (for an overlay, the overlay) and the JSON path; an error in a rule
+    that an overlay or a based file put first names that file and ``$.rules_first[i]``.
     """
+    return [(source, doc) for source, doc, _ in _load_mappings(family, extra_paths, schema_path)]
+
+
+_Compiled = TypeVar("_Compiled")
+
+
+def compile_mappings(
+    family: Literal["hl7v2", "fhir"],
+    extra_paths: Iterable[Path],
+    schema_path: Path,
+    compile_file: Callable[[dict[str, Any], str], _Compiled],
+) -> list[_Compiled]:
+    """:func:`load_mappings`, each document then compiled by ``compile_file(doc, source)``.
+
+    A compile error in a rule names the file the rule came from, as validation errors do.
+    """
+    compiled: list[_Compiled] = []
+    for source, doc, origins in _load_mappings(family, extra_paths, schema_path):
+        with origins.located():
+            compiled.append(compile_file(doc, source))
+    return compiled
+
+
+def _load_mappings(
+    family: Literal["hl7v2", "fhir"], extra_paths: Iterable[Path], schema_path: Path
+) -> list[tuple[str, Any, _RuleOrigins]]:
+    """:func:`load_mappings`, with where the rules of each document come from."""
     schema = _read_schema(schema_path)
     bundled = {p.name: (str(p), _read_yaml(p)) for p in sorted((mappings_dir() / family).glob("*.yaml"))}
     resolved: dict[str, tuple[str, Any]] = {}
     for name in bundled:
         _resolve_bundled(name, bundled, resolved, ())
     docs = {name: resolved[name] for name in bundled}  # by file name: a base resolves before the files on it
+    origins = {name: _RuleOrigins((), source) for name, (source, _) in docs.items()}
     for p in _extra_files(family, extra_paths):
         source, doc = str(p), _read_yaml(p)
         target, base_name = (doc.get("extends"), doc.get("base")) if isinstance(doc, dict) else (None, None)
@@ -137,15 +171,65 @@ def load_mappings(
         if target is not None:
             name = _known(target, docs, source, "extends", "a mapping file loaded before it")
             docs[name] = (source, _layered(docs[name][1], doc, source))
+            origins[name] = origins[name].layered(doc, source)
         elif base_name is not None:
             name = _known(base_name, docs, source, "base", "a mapping file loaded before it")
             docs[p.name] = (source, _layered(docs[name][1], doc, source))
+            origins[p.name] = origins[name].layered(doc, source)
         else:
             docs[p.name] = (source, doc)
-    mappings = [entry for name, entry in docs.items() if not _is_fragment(name)]
-    for source, doc in mappings:
-        _validate(doc, schema, source)
+            origins[p.name] = _RuleOrigins((), source)
+    mappings = [(*entry, origins[name]) for name, entry in docs.items() if not _is_fragment(name)]
+    for source, doc, rules_from in mappings:
+        with rules_from.located():
+            _validate(doc, schema, source)
     return mappings
+
+
+_RULE_PATH_RE = re.compile(r"^\$\.rules\[(\d+)\](.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleOrigins:
+    """Which file each rule of a layered document comes from, so an error names that file.
+
+    ``first``: the ``rules_first`` lists in front, frontmost first, as (file, number of rules);
+    ``rest``: the file whose own ``rules`` follow them.
+    """
+
+    first: tuple[tuple[str, int], ...]
+    rest: str
+
+    def layered(self, doc: Any, source: str) -> _RuleOrigins:
+        """The origins after ``doc`` (read from ``source``) is layered over this document."""
+        count = len(doc.get("rules_first") or ()) if isinstance(doc, dict) else 0
+        own = ((source, count),) if count else ()
+        if isinstance(doc, dict) and "rules" in doc:
+            return _RuleOrigins(own, source)  # its own rules (or none: null) replace those below
+        return _RuleOrigins((*own, *self.first), self.rest)
+
+    @contextlib.contextmanager
+    def located(self) -> Iterator[None]:
+        """Re-raise a MappingError at ``$.rules[i]`` of the merged document as the file and path of that rule."""
+        try:
+            yield
+        except MappingError as exc:
+            moved = self._moved(exc)
+            if moved is None:
+                raise
+            raise moved from exc
+
+    def _moved(self, exc: MappingError) -> MappingError | None:
+        m = _RULE_PATH_RE.match(exc.path)
+        if m is None or (not self.first and self.rest == exc.source):
+            return None
+        index, rest = int(m.group(1)), m.group(2)
+        message = str(exc).removeprefix(f"{exc.source}:{exc.path}: " if exc.source else f"{exc.path}: ")
+        for source, count in self.first:
+            if index < count:
+                return MappingError(message, source=source, path=f"$.rules_first[{index}]{rest}")
+            index -= count
+        return MappingError(message, source=self.rest, path=f"$.rules[{index}]{rest}")
 
 
 def _is_fragment(name: str) -> bool:
@@ -281,13 +365,23 @@ def _ts_parts(text: str) -> tuple[datetime, int, bool] | None:
     return value, (n - 2) // 2, tz is not None
 
 
-def hl7_timestamp(text: str) -> datetime | None:
-    """An aware datetime from an HL7 DTM of at least day precision; a naive value is taken as UTC."""
+def hl7_timestamp(text: str, zone: tzinfo = UTC) -> datetime | None:
+    """An aware datetime from an HL7 DTM of at least day precision, or None.
+
+    A value without offset is the sender's local time (HL7 v2 §2.A.22), read in ``zone``.
+    A value with no UTC equivalent (year 9999 at -1400, year 1 at +1400) is None too: the
+    event then takes its receipt time, rather than carry a time no channel can show.
+    """
     parts = _ts_parts(text)
     if parts is None or parts[1] < 3:
         return None
-    value = parts[0]
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value, _, aware = parts
+    value = value if aware else value.replace(tzinfo=zone)
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+    return value
 
 
 def hl7_date(text: str) -> str:
@@ -303,16 +397,30 @@ def hl7_date(text: str) -> str:
     return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
 
 
-def hl7_datetime(text: str) -> str:
-    """ISO 8601 at the precision given; naive stays naive (the sender's local time); else the raw text."""
+def hl7_datetime(text: str, zone: tzinfo | None = None) -> str:
+    """ISO 8601 at the precision given (a date below hours); the raw text if it is not an HL7 time.
+
+    A time without offset is the sender's local time: with ``zone`` it takes that zone's offset
+    on that day (``14:00`` in Europe/Berlin is ``14:00+01:00`` in winter), so every reader of the
+    event tells the same moment; without ``zone`` it stays naive.
+    """
     parts = _ts_parts(text)
     if parts is None:
         return text
     value, given, aware = parts
     if given <= 3:
         return hl7_date(text)
-    iso = value.isoformat(timespec="seconds" if value.microsecond == 0 else "milliseconds")
-    return iso if aware else iso.replace("+00:00", "")
+    if not aware and zone is not None:
+        value = value.replace(tzinfo=zone)
+    return value.isoformat(timespec="seconds" if value.microsecond == 0 else "milliseconds")
+
+
+def _as_date(text: str, zone: tzinfo) -> str:
+    return hl7_date(text)
+
+
+def _as_datetime(text: str, zone: tzinfo) -> str:
+    return hl7_datetime(text, zone)
 
 
 # --- compiled pieces ------------------------------------------------------------------------------
@@ -321,7 +429,18 @@ def hl7_datetime(text: str) -> str:
 class _Ctx:
     """What compiled getters read: the message, the segments in scope, the current item and facts so far."""
 
-    __slots__ = ("authorities", "fields", "group", "item", "item_name", "message", "observations", "scope", "trigger")
+    __slots__ = (
+        "authorities",
+        "fields",
+        "group",
+        "item",
+        "item_name",
+        "message",
+        "observations",
+        "scope",
+        "trigger",
+        "zone",
+    )
 
     def __init__(
         self,
@@ -330,9 +449,12 @@ class _Ctx:
         scope: dict[str, Segment],
         group: int,
         authorities: tuple[str, ...] = (),
+        zone: tzinfo = UTC,
     ) -> None:
         self.message = message
         self.authorities = authorities
+        #: Where times without an offset are read (the sender's time zone).
+        self.zone = zone
         self.trigger = trigger
         self.scope = scope
         self.group = group
@@ -361,6 +483,8 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _VALUE_NAMES = frozenset({"group"})
 #: Placeholders of key and link templates besides HL7 paths: facts of the event being built.
 _EVENT_NAMES = EVENT_FACTS | {"group"}
+#: The facts that are the event's links: rendered after the thread key and the links, before the dedup key.
+_LINK_NAMES = frozenset(name for name in EVENT_FACTS if name.startswith("links."))
 
 
 def _clean(value: str) -> str | None:
@@ -381,8 +505,10 @@ class _Path:
 class _Compiler:
     """Turns one validated mapping document into closures; errors name the file and the JSON path."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, mrn_repetition: dict[str, Any] | None = None) -> None:
         self.source = source
+        #: The file's ``mrn_repetition``: the choice that ``repetition: mrn`` names.
+        self.mrn_repetition = mrn_repetition
 
     def fail(self, where: str, message: str) -> MappingError:
         return MappingError(message, source=self.source, path=where)
@@ -474,13 +600,13 @@ class _Compiler:
         return None
 
     def text(self, spec: Any, where: str) -> Getter:
-        alts: list[tuple[Cond | None, Getter, Callable[[str], str] | None]] = []
+        alts: list[tuple[Cond | None, Getter, Callable[[str, tzinfo], str] | None]] = []
         for alt, at in self.alternatives(spec, where):
-            fmt: Callable[[str], str] | None = None
+            fmt: Callable[[str, tzinfo], str] | None = None
             if isinstance(alt, str):
                 getter = self.single(alt, at)
             else:
-                fmt = {"date": hl7_date, "datetime": hl7_datetime}.get(alt.get("as", "text"))
+                fmt = {"date": _as_date, "datetime": _as_datetime}.get(alt.get("as", "text"))
                 froms = self.alternatives(alt["from"], f"{at}.from")
                 if alt.get("repetitions") == "all":
                     join = alt.get("join", ", ")
@@ -498,7 +624,7 @@ class _Compiler:
                     continue
                 value = getter(ctx)
                 if value is not None:
-                    return fmt(value) if fmt is not None else value
+                    return fmt(value, ctx.zone) if fmt is not None else value
             return None
 
         return get
@@ -540,7 +666,7 @@ class _Compiler:
         def get(ctx: _Ctx) -> datetime | None:
             for getter in getters:
                 value = getter(ctx)
-                parsed = hl7_timestamp(value) if value is not None else None
+                parsed = hl7_timestamp(value, ctx.zone) if value is not None else None
                 if parsed is not None:
                     return parsed
             return None
@@ -569,14 +695,12 @@ class _Compiler:
         choice = spec.get("repetition", "first")
         if choice == "all" and fixed is not None:
             raise self.fail(f"{where}.field", "'repetition: all' reads every repetition; the field must not name one")
-        where_part: tuple[int, int] | None = None
-        authority_part: tuple[int, int] | None = None
-        wanted: frozenset[str] = frozenset()
-        if isinstance(choice, dict):
-            where_part = self.part(choice["where"], f"{where}.repetition.where", datatype)
-            wanted = frozenset(choice["in"])
-            if "authority" in choice:
-                authority_part = self.part(choice["authority"], f"{where}.repetition.authority", datatype)
+        at = f"{where}.repetition"
+        if choice == "mrn":
+            if self.mrn_repetition is None:
+                raise self.fail(at, "'repetition: mrn' names the file's mrn_repetition, and the file has none")
+            choice, at = self.mrn_repetition, "$.mrn_repetition"
+        ranked = self.ranking(choice, at, datatype) if isinstance(choice, dict) else None
 
         def read(raw: str, d: Delimiters, encoding: str) -> dict[str, str | None] | None:
             comps = raw.split(d.component)
@@ -597,29 +721,59 @@ class _Compiler:
             if choice == "all":
                 found = (read(raw, d, encoding) for raw in reps)
                 return [v for v in found if v is not None]
-            if where_part is not None:
-                c, s = where_part
-                qualified = [raw for raw in reps if _leaf(raw.split(d.component), c, s, d, encoding) in wanted]
-                if authority_part is not None and ctx.authorities and len(qualified) > 1:
-                    # Several MRs: the site's own authorities first, in the order configured.
-                    ac, asub = authority_part
-                    rank = {a: i for i, a in enumerate(ctx.authorities)}
-                    last = len(rank)
-                    qualified.sort(
-                        key=lambda raw: rank.get(_leaf(raw.split(d.component), ac, asub, d, encoding) or "", last)
-                    )
-                for raw in qualified:
-                    hit = read(raw, d, encoding)
-                    if hit is not None:
-                        return [hit]
-            # No repetition qualifies (or none is asked for): the first one that has a value.
-            for raw in reps:
-                first = read(raw, d, encoding)
-                if first is not None:
-                    return [first]
+            candidates = range(len(reps)) if ranked is None else ranked(reps, ctx)
+            for index in candidates:
+                hit = read(reps[index], d, encoding)
+                if hit is not None:
+                    return [hit]
             return []
 
         return get
+
+    def ranking(self, choice: dict[str, Any], at: str, datatype: str) -> Callable[[list[str], _Ctx], list[int]]:
+        """The repetitions a ``where`` choice may take, best first (their indexes), as its schema describes.
+
+        First those whose ``where`` part is ``in`` the wanted codes; then, with ``authority``,
+        those of the site's authorities (mapping.mrn_authorities, in that order); then those
+        whose part is in ``then`` or empty (when ``then`` is given); then any other. Within
+        each tier the site's authorities come first, then the message's order. A repetition
+        whose part matches a ``never`` pattern (``NN???`` globs) is never taken.
+        """
+        wc, ws = self.part(choice["where"], f"{at}.where", datatype)
+        authority = self.part(choice["authority"], f"{at}.authority", datatype) if "authority" in choice else None
+        wanted = frozenset(choice["in"])
+        then = frozenset(choice.get("then", ()))
+        never_exact = frozenset(n.upper() for n in choice.get("never", ()) if not _is_glob(n))
+        never_globs = tuple(n.upper() for n in choice.get("never", ()) if _is_glob(n))
+
+        def excluded(code: str) -> bool:
+            code = code.upper()
+            return code in never_exact or any(fnmatch.fnmatchcase(code, g) for g in never_globs)
+
+        def ranked(reps: list[str], ctx: _Ctx) -> list[int]:
+            d, encoding = ctx.message.delimiters, ctx.message.encoding
+            site = {a: i for i, a in enumerate(ctx.authorities)}
+            unranked = len(site)
+            keys: list[tuple[int, int, int]] = []
+            for index, raw in enumerate(reps):
+                comps = raw.split(d.component)
+                code = _leaf(comps, wc, ws, d, encoding)
+                if code is not None and excluded(code):
+                    continue
+                owner = _leaf(comps, *authority, d, encoding) if authority is not None else None
+                own = site.get(owner, unranked) if owner is not None else unranked
+                if code in wanted:
+                    tier = 0
+                elif own < unranked:
+                    tier = 1
+                elif then and (code is None or code in then):
+                    tier = 2
+                else:
+                    tier = 3
+                keys.append((tier, own, index))
+            return [index for _, _, index in sorted(keys)]
+
+        return ranked
 
     def part(self, text: str, where: str, datatype: str) -> tuple[int, int]:
         m = _PART_RE.match(text)
@@ -662,6 +816,10 @@ class _Compiler:
             abnormal = bool(spec["abnormal"])
             tests.append(lambda o: o.abnormal is abnormal)
         return lambda o: all(t(o) for t in tests)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
 
 
 def _trigger_in(triggers: frozenset[str]) -> Cond:
@@ -772,6 +930,10 @@ class _Grouping:
     anchor: str
     leading: frozenset[str]
     ends_before: frozenset[str]
+    #: After an anchor, these open a stretch of the message that makes no events (OML's prior results) ...
+    skip_from: frozenset[str] = frozenset()
+    #: ... up to one of these (or an ``ends_before`` segment), where grouping resumes.
+    resume_at: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,7 +977,7 @@ class _File:
 
 
 def _compile_file(doc: dict[str, Any], source: str) -> _File:
-    c = _Compiler(source)
+    c = _Compiler(source, doc.get("mrn_repetition"))
     for_each = doc["for_each"]
     grouping = None
     if isinstance(for_each, dict):
@@ -823,7 +985,16 @@ def _compile_file(doc: dict[str, Any], source: str) -> _File:
             anchor=for_each["segment"],
             leading=frozenset(for_each.get("with_leading", ())),
             ends_before=frozenset(for_each.get("ends_before", ())),
+            skip_from=frozenset(for_each.get("skip_from", ())),
+            resume_at=frozenset(for_each.get("resume_at", ())),
         )
+        clash = grouping.skip_from & (grouping.leading | grouping.ends_before | grouping.resume_at | {grouping.anchor})
+        if clash:
+            raise c.fail(
+                "$.for_each.skip_from",
+                f"{', '.join(sorted(clash))} cannot open a skipped stretch: already the anchor, a leading,"
+                " an ends_before or a resume_at segment",
+            )
     compiled = _File(
         source=source,
         name=Path(source).name,
@@ -833,7 +1004,7 @@ def _compile_file(doc: dict[str, Any], source: str) -> _File:
         grouping=grouping,
         rules=tuple(_compile_rule(c, r, f"$.rules[{i}]") for i, r in enumerate(doc["rules"])),
         thread_key=tuple(
-            c.template(t, f"$.thread_key[{i}]", _EVENT_NAMES - {"thread_key", "digest"})
+            c.template(t, f"$.thread_key[{i}]", _EVENT_NAMES - {"thread_key", "digest", "subject_digest"} - _LINK_NAMES)
             for i, t in enumerate(_as_seq(doc["thread_key"]))
         ),
         dedup_key=tuple(
@@ -909,7 +1080,7 @@ def _compile_link(c: _Compiler, spec: Any, where: str) -> Getter:
     getters: list[Getter] = []
     for alt, at in c.alternatives(spec, where):
         if isinstance(alt, str):
-            getters.append(c.template(alt, at, _EVENT_NAMES))
+            getters.append(c.template(alt, at, _EVENT_NAMES - _LINK_NAMES))
         else:
             getters.append(_identifier_token(c.composite(alt, at, *_IDENTIFIER)))
     return _first_of(getters)
@@ -941,10 +1112,15 @@ def _units(message: Message, spec: _File) -> list[tuple[dict[str, Segment], list
     (ORC), and what follows until the next anchor, leading or ``ends_before``
     segment. Its scope is the context outside any group before it (the
     nearest PID, PV1: in ORU^R01 a PATIENT_RESULT may repeat) over the
-    group's own first segments, so a PV1 nested in an order group (OML^O21
-    prior results) does not replace the patient's visit. An ``ends_before``
-    segment (the next PID) also clears the context gathered since the message
-    header, so the next patient never inherits the previous patient's visit.
+    group's own first segments, so a PV1 nested in an order group does not
+    replace the patient's visit. An ``ends_before`` segment (the next PID)
+    also clears the context gathered since the message header, so the next
+    patient never inherits the previous patient's visit.
+
+    A ``skip_from`` segment after an anchor (a PV1 after the first ORC of an
+    OML^O21: its prior results) ends the group before it and opens a stretch
+    that makes no group and adds nothing to the context, up to a ``resume_at``
+    or ``ends_before`` segment, which is then read as usual.
     """
     item = spec.item_segment
     grouping = spec.grouping
@@ -957,17 +1133,29 @@ def _units(message: Message, spec: _File) -> list[tuple[dict[str, Segment], list
                 items.append(seg)
         return [(first, items)]
     anchor, leading, ends = grouping.anchor, grouping.leading, grouping.ends_before
+    skip_from, resume_at = grouping.skip_from, grouping.resume_at
     outer: dict[str, Segment] = {}
     header: dict[str, Segment] | None = None
     units: list[tuple[dict[str, Segment], list[Segment]]] = []
     current: dict[str, Segment] | None = None
     current_items: list[Segment] = []
     anchored = False
+    seen_anchor = False  # since the message header or the last ends_before segment
+    skipping = False
     for seg in message.segments:
         name = seg.name
+        if skipping:
+            if name not in resume_at and name not in ends:
+                continue
+            skipping = False
+        if name in skip_from and seen_anchor:
+            if current is not None and anchored:
+                units.append(({**current, **outer}, current_items))
+            current, current_items, anchored, skipping = None, [], False, True
+            continue
         if name == anchor and current is not None and not anchored:
             current.setdefault(name, seg)
-            anchored = True
+            anchored = seen_anchor = True
             continue
         if name == anchor or name in leading or name in ends:
             if current is not None and anchored:
@@ -977,8 +1165,10 @@ def _units(message: Message, spec: _File) -> list[tuple[dict[str, Segment], list
                 if header is None:
                     header = dict(outer)
                 outer = {**header, name: seg}
+                seen_anchor = False
             else:
                 current, anchored = {name: seg}, name == anchor
+                seen_anchor = seen_anchor or anchored
             continue
         if current is None:
             outer[name] = seg
@@ -1024,8 +1214,8 @@ class Mapper:
         whose match fits a message maps it. Raises MappingError naming the file
         and JSON path.
         """
-        docs = load_mappings("hl7v2", options.extra_paths, mappings_dir() / "schema.json")
-        return cls([_compile_file(doc, source) for source, doc in docs], options)
+        docs = compile_mappings("hl7v2", options.extra_paths, mappings_dir() / "schema.json", _compile_file)
+        return cls(docs, options)
 
     @classmethod
     def from_documents(
@@ -1060,7 +1250,7 @@ class Mapper:
         events: list[ClinicalEvent] = []
         trigger = message.trigger
         for index, (scope, items) in enumerate(_units(message, spec), start=1):
-            ctx = _Ctx(message, trigger, scope, index, self._options.mrn_authorities)
+            ctx = _Ctx(message, trigger, scope, index, self._options.mrn_authorities, self._options.sender_timezone)
             event = self._event(
                 spec,
                 ctx,

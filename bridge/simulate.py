@@ -13,8 +13,14 @@
   header checks, mapping, routing, duplicate detection and the one commit) into
   a throwaway store, then claims each channel's deliveries in order and builds the
   channel worker's post and the adapter's rendered request. Nothing is sent: each
-  claimed delivery is marked delivered under a made-up id (``post-1``, ...), so
-  threads and the edits of corrections show as they would.
+  claimed delivery is marked delivered under a made-up id (``post-1``, ...), and the
+  store records what the worker records of a send (:func:`bridge.delivery.recorded_send`:
+  an edit keeps the id of the post it edits), so threads and the edits of corrections
+  show as they would.
+
+Pseudonyms (keys below PHI ``full``) are keyed with a random key per run, never a
+plain hash that a list of visit numbers would reverse. ``simulate`` shows them as
+``k:1``, ``k:2``, ... in order of appearance, so its output is the same every run.
 
 Nothing here logs or prints message content: reasons name message types, fields
 and short codes (ORC-1 ``XO``), never patient data. Only :func:`render_payload`'s
@@ -27,6 +33,7 @@ import dataclasses
 import functools
 import json
 import re
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -39,9 +46,10 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from bridge.channels import PhiLevel
+from bridge.channels import PhiLevel, Post, SendResult
 from bridge.compose import redact
 from bridge.config import ListenerConfig, MappingConfig, Settings
+from bridge.delivery import alert_for, recorded_send
 from bridge.errors import ParseError, ValidationError
 from bridge.events import ClinicalEvent, Lifecycle, type_matches
 from bridge.fhir.mapping import FhirMapper
@@ -553,15 +561,15 @@ def _ranges(numbers: list[int]) -> str:
 # --- event listings -------------------------------------------------------------------------------
 
 
-def reports_json(reports: Iterable[Report], phi: PhiLevel) -> list[dict[str, Any]]:
-    """``map``'s JSON: per message its events (reduced to ``phi``), or why it has none."""
+def reports_json(reports: Iterable[Report], phi: PhiLevel, *, hash_key: bytes) -> list[dict[str, Any]]:
+    """``map``'s JSON: per message its events (reduced to ``phi``, keyed with ``hash_key``), or why it has none."""
     out: list[dict[str, Any]] = []
     for r in reports:
         item: dict[str, Any] = {"file": str(r.path), "message": r.index, "type": r.message_type}
         if r.outcome is Outcome.UNREADABLE:
             item["error"] = r.reason
         else:
-            item["events"] = [redact(e, phi).model_dump(mode="json") for e in r.events]
+            item["events"] = [redact(e, phi, hash_key=hash_key).model_dump(mode="json") for e in r.events]
             if r.reason:
                 item["reason"] = r.reason
         out.append(item)
@@ -573,15 +581,18 @@ _TABLE_HEAD = ("FILE", "TYPE", "EVENT", "SEVERITY", "LIFECYCLE", "THREAD", "SUBJ
 _CELL = 40
 
 
-def format_table(reports: Iterable[Report], phi: PhiLevel) -> str:
-    """One row per event: no patient names, and identifiers (thread, subject key) only as ``phi`` allows."""
+def format_table(reports: Iterable[Report], phi: PhiLevel, *, hash_key: bytes) -> str:
+    """One row per event: no patient names, identifiers (thread, subject key) only as ``phi`` allows.
+
+    Below ``full`` they are pseudonyms keyed with ``hash_key``.
+    """
     rows: list[tuple[str, ...]] = []
     missing: list[Report] = []
     for r in reports:
         if not r.events:
             missing.append(r)
         for event in r.events:
-            seen = redact(event, phi)
+            seen = redact(event, phi, hash_key=hash_key)
             subject = seen.subject
             about = (
                 " ".join(p for p in (subject.kind, _short(subject.key), subject.text or subject.code) if p)
@@ -641,7 +652,8 @@ class MessageView:
 class Posted:
     """What one channel would show for one event."""
 
-    #: The made-up id of the post (``post-1``): what later posts reply to or edit.
+    #: The made-up id of what was sent (``post-1``): what later posts reply to; an edit is recorded
+    #: under the id of the post it edits (:func:`bridge.delivery.recorded_send`).
     ref: str
     source: str
     event_type: str
@@ -763,7 +775,16 @@ async def _run(runtime: Runtime, paths: Sequence[Path]) -> Simulation:
                 message.events = await _events(runtime, journal_id, by_journal)
                 if not message.events:
                     message.dropped = _no_events(mappings, source.hl7, listener.charset_fallback)
-    channels = [await _channel(runtime, name, messages, renames) for name in runtime.settings.channels]
+    # Keyed as the store's secret keys them in production, and the key dies with the run.
+    key = secrets.token_bytes(32)
+    for worker in runtime.dispatcher.workers.values():
+        worker.hash_key = key
+    rename, label = _renamer(renames), _labeller()
+
+    def stable(text: str) -> str:
+        return label(rename(text))
+
+    channels = [await _channel(runtime, name, messages, stable) for name in runtime.settings.channels]
     views = tuple(
         MessageView(
             m.source,
@@ -821,11 +842,10 @@ def _no_events(mappings: Mappings, payload: bytes, fallback: str) -> str:
     return f"not mapped: {reason}"
 
 
-async def _channel(runtime: Runtime, name: str, messages: list[_Message], renames: dict[str, str]) -> ChannelView:
+async def _channel(runtime: Runtime, name: str, messages: list[_Message], stable: Callable[[str], str]) -> ChannelView:
     cfg = runtime.settings.channels[name]
     worker = runtime.dispatcher.workers[name]
     adapter = runtime.adapters[name]
-    stable = _renamer(renames)
     posts: list[Posted] = []
     delivered: set[str] = set()
     sources = {e.id: m.source for m in messages for e in m.events}
@@ -834,30 +854,18 @@ async def _channel(runtime: Runtime, name: str, messages: list[_Message], rename
     while claimed := await runtime.store.claim(name, now=time.time(), limit=1):
         for delivery in claimed:
             post = worker.post_for(delivery)
-            payload = adapter.render(post)
             ref = f"post-{len(posts) + 1}"
-            edits = post.original_ref is not None and delivery.event.lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL)
-            # As the worker records a send: the first post of a thread is its root.
-            root = adapter.supports_threads and post.thread_ref is None and not edits
-            await runtime.store.mark_delivered(delivery.id, external_id=ref, thread_root=root)
+            # Exactly what the worker records of a send: an edit keeps the id of the post it edits.
+            external_id, root = recorded_send(post, SendResult(external_id=ref), threads=adapter.supports_threads)
+            await runtime.store.mark_delivered(delivery.id, external_id=external_id, thread_root=root)
             delivered.add(delivery.event.id)
-            event = post.event
-            posts.append(
-                Posted(
-                    ref=ref,
-                    source=sources.get(delivery.event.id, ""),
-                    event_type=event.type.value,
-                    severity=event.severity.value,
-                    lifecycle=event.lifecycle.value,
-                    occurred_at=event.occurred_at.isoformat(),
-                    title=stable(post.title),
-                    summary=stable(post.summary),
-                    facts=tuple((stable(k), stable(v)) for k, v in post.facts),
-                    thread_ref=post.thread_ref,
-                    original_ref=post.original_ref if edits else None,
-                    payload=stable(render_payload(payload)),
-                )
-            )
+            source = sources.get(delivery.event.id, "")
+            posts.append(_posted(post, ref, source, edits=external_id != ref, render=adapter.render, stable=stable))
+            # The worker also sends a correction that turns critical as a new post in the thread (not recorded).
+            alert = alert_for(post, delivery.original_severity)
+            if alert is not None:
+                ref = f"post-{len(posts) + 1}"
+                posts.append(_posted(alert, ref, source, edits=False, render=adapter.render, stable=stable))
     routes = [r for r in runtime.router.routes if name in r.channels]
     dropped: list[Dropped] = []
     for m in messages:
@@ -869,6 +877,26 @@ async def _channel(runtime: Runtime, name: str, messages: list[_Message], rename
             reason = e.duplicate_of or _not_routed(e.event, routes, routed_elsewhere=e.status is EventStatus.ROUTED)
             dropped.append(Dropped(m.source, e.event.type.value, reason))
     return ChannelView(name, cfg.type, cfg.phi.value, worker.locale, tuple(posts), tuple(dropped))
+
+
+def _posted(
+    post: Post, ref: str, source: str, *, edits: bool, render: Callable[[Post], Any], stable: Callable[[str], str]
+) -> Posted:
+    event = post.event
+    return Posted(
+        ref=ref,
+        source=source,
+        event_type=event.type.value,
+        severity=event.severity.value,
+        lifecycle=event.lifecycle.value,
+        occurred_at=event.occurred_at.isoformat(),
+        title=stable(post.title),
+        summary=stable(post.summary),
+        facts=tuple((stable(k), stable(v)) for k, v in post.facts),
+        thread_ref=post.thread_ref,
+        original_ref=post.original_ref if edits else None,
+        payload=stable(render_payload(render(post))),
+    )
 
 
 def _not_routed(event: ClinicalEvent, routes: list[Route], *, routed_elsewhere: bool) -> str:
@@ -899,6 +927,23 @@ def _misses(route: Route, event: ClinicalEvent) -> list[str]:
     if not failed and not route.matches(event):
         failed.append("a filter of the route does not hold")
     return failed
+
+
+_PSEUDONYM = re.compile(r"\bk:[0-9a-f]{32}\b")
+
+
+def _labeller() -> Callable[[str], str]:
+    """Replace each pseudonym (``k:`` and 32 hex digits) with ``k:1``, ``k:2``, ... in order of first appearance.
+
+    The same pseudonym gets the same label throughout the run, so threads and keys still tell
+    apart; the labels depend only on the order of the input, not on the run's random key.
+    """
+    labels: dict[str, str] = {}
+
+    def label(text: str) -> str:
+        return _PSEUDONYM.sub(lambda m: labels.setdefault(m.group(0), f"k:{len(labels) + 1}"), text)
+
+    return label
 
 
 def _renamer(renames: dict[str, str]) -> Callable[[str], str]:

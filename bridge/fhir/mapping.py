@@ -39,7 +39,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
-from bridge.mapping import MappingOptions, load_mappings, mappings_dir
+from bridge.mapping import MappingOptions, compile_mappings, mappings_dir
 
 __all__ = ["FhirMapper", "fhir_instant"]
 
@@ -79,6 +79,8 @@ def fhir_instant(text: str) -> datetime | None:
     """An aware datetime from a FHIR instant, dateTime or full date (midnight UTC); None below day precision.
 
     A dateTime with a time carries an offset (FHIR datatypes §dateTime); one without is taken as UTC.
+    A value with no UTC equivalent (year 9999 at -14:00, year 1 at +14:00) is None: the event then
+    takes its receipt time, rather than carry a time no channel can show.
     """
     text = text.strip()
     day = _DATE_RE.match(text)
@@ -88,9 +90,11 @@ def fhir_instant(text: str) -> datetime | None:
         if "T" not in text:
             return None
         value = datetime.fromisoformat(text)
-    except ValueError:
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        value.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value
 
 
 def _as_text(item: Any) -> str | None:
@@ -675,8 +679,7 @@ class FhirMapper:
         MappingError naming the file and JSON path.
         """
         base = mappings_dir()
-        docs = load_mappings("fhir", options.extra_paths, base / "fhir.schema.json")
-        return cls([_compile_file(doc, source) for source, doc in docs], options)
+        return cls(compile_mappings("fhir", options.extra_paths, base / "fhir.schema.json", _compile_file), options)
 
     @classmethod
     def from_documents(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from bridge.cli import app
@@ -351,3 +352,92 @@ def test_corpus_maps_at_least_95_percent_of_the_catalogue_families() -> None:
     result = runner.invoke(app, ["map", "--summary", str(CORPUS)])
     assert result.exit_code == 0
     assert f": {share:.1f}%\n" in result.stdout
+
+
+# --- check-config loads what serve would (review #4 finding 18); map keys its pseudonyms (21) --------------
+
+
+def check(tmp_path: Path, config: str) -> Result:
+    path = tmp_path / "config.yaml"
+    path.write_text(config, encoding="utf-8")
+    return runner.invoke(app, ["check-config", str(path)])
+
+
+def site_folder(tmp_path: Path, files: dict[str, str]) -> Path:
+    site = tmp_path / "site"
+    for name, text in files.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(text, encoding="utf-8")
+    return site
+
+
+@pytest.mark.parametrize(
+    ("files", "place", "message"),
+    [
+        pytest.param(
+            {"adt-site.yaml": "extends: adt.yaml\nrules_first:\n  - {type: encounter.updatedd, severity: info}\n"},
+            "adt-site.yaml:$.rules_first[0].type",
+            "mapping error: ",
+            id="unknown-event-type-in-rules-first",
+        ),
+        pytest.param(
+            {"oru.yaml": 'extends: oru.yaml\nthread_key: "{nope}"\n'},
+            "oru.yaml:$.thread_key[0]",
+            "mapping error: ",
+            id="unknown-placeholder-in-an-overlay",
+        ),
+        pytest.param(
+            {
+                "fhir/observation-site.yaml": "extends: observation.yaml\nrules_first:\n"
+                "  - {when: \"status == 'final'\", type: result.final, severity: notice}\n"
+            },
+            "observation-site.yaml:$.rules_first[0].when",
+            "mapping error: ",
+            id="fhir-file-without-subscriptions",
+        ),
+        pytest.param(
+            {"templates/en.yaml": 'events:\n  result.critical:\n    title: "KRIT {patient_name}"\n'},
+            "en.yaml:$.events['result.critical'].title",
+            "template error: ",
+            id="unknown-template-placeholder",
+        ),
+    ],
+)
+def test_check_config_loads_the_mapping_and_template_files_and_names_the_place_of_an_error(
+    tmp_path: Path, files: dict[str, str], place: str, message: str
+) -> None:
+    site = site_folder(tmp_path, files)
+    result = check(tmp_path, f"mapping:\n  extra_paths: [{site}]\n")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(message)
+    assert place in result.output
+    assert "ok:" not in result.output
+
+
+def test_check_config_names_a_missing_extra_path_by_its_index(tmp_path: Path) -> None:
+    result = check(tmp_path, f"mapping:\n  extra_paths: [{tmp_path}, {tmp_path / 'nonexistent'}]\n")
+    assert result.exit_code == 2
+    assert "config error: mapping.extra_paths[1]: no such file or folder" in result.output
+
+
+def test_check_config_says_what_it_loaded(tmp_path: Path) -> None:
+    site = site_folder(tmp_path, {"templates/fr.yaml": (REPO / "mappings/templates/en.yaml").read_text("utf-8")})
+    result = check(tmp_path, f"mapping:\n  extra_paths: [{site}]\ntemplates:\n  timezone: Europe/Berlin\n")
+    assert result.exit_code == 0, result.output
+    assert "HL7 v2 and " in result.output and "FHIR file(s); templates: de, en, fr" in result.output
+    assert "times shown in Europe/Berlin" in result.output
+
+
+def test_map_keys_pseudonyms_with_a_new_key_each_run(tmp_path: Path) -> None:
+    import hashlib
+
+    msg = tmp_path / "admit.hl7"
+    msg.write_bytes(ADMIT)
+    runs = [json.loads(runner.invoke(app, ["map", "--phi", "none", str(msg)]).stdout) for _ in range(2)]
+    keys = [r[0]["events"][0]["thread_key"] for r in runs]
+    assert all(k.startswith("k:") for k in keys)
+    assert keys[0] != keys[1]
+    unkeyed = "k:" + hashlib.sha256(b"enc:HOSP:V1001").hexdigest()[:32]
+    assert unkeyed not in keys
+    table = runner.invoke(app, ["map", "--table", "--phi", "none", str(msg)]).stdout
+    assert unkeyed[:14] not in table

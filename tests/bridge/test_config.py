@@ -379,3 +379,58 @@ def test_a_site_locale_in_the_mapping_folders_is_known(tmp_path: Path) -> None:
     data = {"mapping": {"extra_paths": [str(tmp_path)]}, "templates": {"locale": "fr"}}
 
     assert parse_config(data, env={}).channel_locales() == {"inbox": "fr"}
+
+
+# -- mapping: the sender's time zone, extra paths (review #4 findings 11 and 18) -------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "sender"),
+    [
+        pytest.param({}, "UTC", id="both-default"),
+        pytest.param({"templates": {"timezone": "Europe/Berlin"}}, "Europe/Berlin", id="from-templates"),
+        pytest.param(
+            {"templates": {"timezone": "Europe/Berlin"}, "mapping": {"sender_timezone": "America/New_York"}},
+            "America/New_York",
+            id="own",
+        ),
+        pytest.param({"mapping": {"sender_timezone": "Asia/Tokyo"}}, "Asia/Tokyo", id="own-templates-default"),
+    ],
+)
+def test_the_sender_time_zone_defaults_to_the_time_zone_times_are_shown_in(data: dict[str, Any], sender: str) -> None:
+    settings = parse_config(data, env={})
+    assert settings.mapping.sender_timezone == sender
+    assert str(settings.mapping.sender_zone) == sender
+
+
+def test_a_mapping_config_object_without_a_sender_zone_takes_the_templates_zone() -> None:
+    from bridge.config import MappingConfig, TemplatesConfig
+
+    settings = Settings(mapping=MappingConfig(), templates=TemplatesConfig(timezone="Europe/Berlin"))
+    assert settings.mapping.sender_timezone == "Europe/Berlin"
+    own = Settings(mapping=MappingConfig(sender_timezone="UTC"), templates=TemplatesConfig(timezone="Europe/Berlin"))
+    assert own.mapping.sender_timezone == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        pytest.param({"mapping": {"sender_timezone": "Mars/Olympus"}}, "mapping.sender_timezone", id="sender"),
+        pytest.param({"mapping": {"sender_timezone": "../etc/passwd"}}, "mapping.sender_timezone", id="sender-path"),
+        # A bad display zone is named once, where it is written, not again as the sender's default.
+        pytest.param({"templates": {"timezone": "Mars/Olympus"}}, "templates.timezone", id="templates"),
+    ],
+)
+def test_an_unknown_sender_time_zone_names_its_yaml_path(data: dict[str, Any], path: str) -> None:
+    error = config_error(data)
+    assert error.path == path
+    assert "unknown IANA time zone" in str(error)
+
+
+def test_a_missing_extra_mapping_path_is_named_by_its_index(tmp_path: Path) -> None:
+    error = config_error({"mapping": {"extra_paths": [str(tmp_path), str(tmp_path / "nowhere")]}})
+    assert error.path == "mapping.extra_paths[1]"
+    assert "no such file or folder" in str(error) and "nowhere" in str(error)
+    (tmp_path / "site.yaml").write_text("extends: adt.yaml\n", encoding="utf-8")
+    ok = parse_config({"mapping": {"extra_paths": [str(tmp_path), str(tmp_path / "site.yaml")]}}, env={})
+    assert ok.mapping.extra_paths == [tmp_path, tmp_path / "site.yaml"]

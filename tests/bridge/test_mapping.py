@@ -10,10 +10,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
+from bridge.config import parse_config
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
 from bridge.hl7.reader import Message, parse
@@ -154,7 +156,8 @@ def test_adt_extracts_encounter_location_attending_and_times(mapper: Mapper) -> 
         "Test",
         "Dr",
     )
-    assert (enc.admitted_at, enc.discharged_at) == ("2024-01-15T10:20:00", "2024-01-20T08:00:00")
+    # Without an offset: the sender's local time, in mapping.sender_timezone (here the default, UTC).
+    assert (enc.admitted_at, enc.discharged_at) == ("2024-01-15T10:20:00+00:00", "2024-01-20T08:00:00+00:00")
 
 
 def test_mrn_falls_back_to_the_first_identifier_without_an_mr_type(mapper: Mapper) -> None:
@@ -584,7 +587,9 @@ def order(code: str, trigger: str, *orcs: str) -> Message:
         ("OC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "TESTHOSP:PL1"}),
         ("DC", EventType.ORDER_CANCELLED, Lifecycle.CANCEL, {"cancels": "TESTHOSP:PL1"}),
         ("XO", EventType.ORDER_CHANGED, Lifecycle.CORRECT, {"corrects": "TESTHOSP:PL1"}),
-        ("SC", EventType.ORDER_CHANGED, Lifecycle.CORRECT, {"corrects": "TESTHOSP:PL1"}),
+        ("OH", EventType.ORDER_CHANGED, Lifecycle.CORRECT, {"corrects": "TESTHOSP:PL1"}),
+        # A status change to IP is progress: a reply in the order's thread, not an edit of the order.
+        ("SC", EventType.ORDER_CHANGED, Lifecycle.UPDATE, {}),
     ],
 )
 def test_order_control_decides_placed_changed_or_cancelled(
@@ -793,6 +798,7 @@ def test_every_bundled_file_is_valid_against_the_schema() -> None:
     assert [Path(source).name for source, _ in docs] == [
         "adt.yaml",
         "mdm.yaml",
+        "oml.yaml",
         "orders.yaml",
         "oru.yaml",
         "oul.yaml",
@@ -1249,3 +1255,301 @@ def test_an_overlay_changes_the_file_it_extends_not_the_bundled_files_based_on_i
     site = Mapper.load(MappingOptions(extra_paths=(tmp_path,)))
     assert one(site, lab("ORU", "R01")).type is EventType.RESULT_PRELIMINARY
     assert one(site, lab("OUL", "R22")).type is EventType.RESULT_FINAL
+
+
+# --- the sender's time zone (review #4 finding 11) and times without a UTC equivalent (finding 17) ---------
+
+BERLIN = ZoneInfo("Europe/Berlin")
+SIU_S12 = (
+    "MSH|^~\\&|SCHED|TESTHOSP|BRIDGE|TESTHOSP|20261122080000||SIU^S12|CTRLS|P|2.5.1",
+    "SCH|A1^SCHED|A1^SCHED|||||ECHO^Echo||||||||||||||||||Booked",
+    "PID|1||MRN1^^^TESTHOSP^MR||Testpatient^Alpha||19800101|F",
+    "AIS|1||ECHO^Echo|{start}",
+)
+
+
+def admission(evn_time: str) -> Message:
+    return hl7(MSH_ADT.format(trigger="A01"), f"EVN|A01|{evn_time}", PID, PV1)
+
+
+def booking(start: str) -> Message:
+    return hl7(*SIU_S12[:-1], SIU_S12[-1].format(start=start))
+
+
+@pytest.mark.parametrize(
+    ("evn_time", "occurred_at"),
+    [
+        ("20261122080000", datetime(2026, 11, 22, 8, 0, tzinfo=BERLIN)),  # naive: the sender's local time
+        ("20260722080000", datetime(2026, 7, 22, 8, 0, tzinfo=BERLIN)),  # summer time: +02:00
+        ("20261122080000-0500", datetime(2026, 11, 22, 13, 0, tzinfo=UTC)),  # an offset given wins
+    ],
+)
+def test_naive_hl7_times_are_read_in_the_senders_time_zone(evn_time: str, occurred_at: datetime) -> None:
+    berlin = Mapper.load(MappingOptions(sender_timezone=BERLIN))
+    event = one(berlin, admission(evn_time))
+    assert event.occurred_at == occurred_at
+    assert event.occurred_at.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("start", "zone", "expected"),
+    [
+        ("20261203140000", BERLIN, "2026-12-03T14:00:00+01:00"),
+        ("20260603140000", BERLIN, "2026-06-03T14:00:00+02:00"),
+        ("20261203140000", UTC, "2026-12-03T14:00:00+00:00"),
+        ("20261203140000-0500", BERLIN, "2026-12-03T14:00:00-05:00"),  # as sent, offset and all
+        ("20261203", BERLIN, "2026-12-03"),  # a day is a day: no zone
+    ],
+)
+def test_a_datetime_field_without_offset_takes_the_senders_offset_on_that_day(
+    start: str, zone: Any, expected: str
+) -> None:
+    event = one(Mapper.load(MappingOptions(sender_timezone=zone)), booking(start))
+    assert event.subject is not None and event.subject.start == expected
+
+
+def test_the_sender_time_zone_defaults_to_the_templates_time_zone_of_the_config() -> None:
+    settings = parse_config({"templates": {"timezone": "Europe/Berlin"}}, env={})
+    options = MappingOptions.from_config(settings.mapping)
+    assert options.sender_timezone == BERLIN
+    assert one(Mapper.load(options), admission("20261122080000")).occurred_at.hour == 8
+    own = parse_config({"templates": {"timezone": "Europe/Berlin"}, "mapping": {"sender_timezone": "UTC"}}, env={})
+    assert MappingOptions.from_config(own.mapping).sender_timezone == UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "99991231235959-1400",  # UTC would be in year 10000
+        "00010101000000+1400",  # UTC would be in year 0
+        "99991231235959.9999-2359",
+    ],
+)
+def test_a_timestamp_without_a_utc_equivalent_is_none(text: str) -> None:
+    assert hl7_timestamp(text) is None
+    assert hl7_timestamp(text, BERLIN) is None
+
+
+def test_a_naive_timestamp_at_the_edge_of_time_is_none_where_the_sender_zone_pushes_it_over() -> None:
+    assert hl7_timestamp("00010101") == datetime(1, 1, 1, tzinfo=UTC)
+    assert hl7_timestamp("00010101", BERLIN) is None  # local midnight of year 1 is year 0 in UTC
+    assert hl7_timestamp("99991231235959", BERLIN) == datetime(9999, 12, 31, 23, 59, 59, tzinfo=BERLIN)
+
+
+def test_an_event_time_without_a_utc_equivalent_falls_back_to_the_next_source_then_receipt(mapper: Mapper) -> None:
+    # /tmp/rev/sim4 of the review: EVN-2 at year 9999 and -1400 crashed compose (astimezone) downstream.
+    msh = MSH_ADT.format(trigger="A01")
+    event = one(mapper, hl7(msh, "EVN|A01|99991231235959-1400", PID, PV1))
+    assert event.occurred_at == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)  # MSH-7
+    edge = msh.replace("20240115103000", "00010101000000+1400")
+    assert one(mapper, hl7(edge, "EVN|A01|99991231235959-1400", PID, PV1)).occurred_at == RECEIVED
+    event.occurred_at.astimezone(UTC)  # every event time converts
+
+
+# --- errors in rules an overlay puts first name the overlay's own place (finding 18) ---------------------
+
+GOOD_RULE = {"when": {"trigger": ["A08"]}, "type": "encounter.updated", "severity": "info"}
+
+
+def load_error(*paths: Path) -> MappingError:
+    with pytest.raises(MappingError) as err:
+        Mapper.load(MappingOptions(extra_paths=paths))
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "message"),
+    [
+        pytest.param(
+            {"extends": "adt.yaml", "rules_first": [GOOD_RULE, {**GOOD_RULE, "type": "encounter.updatedd"}]},
+            "$.rules_first[1].type",
+            "'encounter.updatedd' is not one of",
+            id="schema",
+        ),
+        pytest.param(
+            {"extends": "adt.yaml", "rules_first": [{**GOOD_RULE, "dedup_key": "{nope}"}]},
+            "$.rules_first[0].dedup_key[0]",
+            "unknown placeholder {nope}",
+            id="compile",
+        ),
+        pytest.param(
+            {"extends": "adt.yaml", "rules_first": [GOOD_RULE], "rules": [GOOD_RULE, {"type": "encounter.nope"}]},
+            "$.rules[1]",
+            "'severity' is a required property",
+            id="own-rules-after-rules-first",
+        ),
+        pytest.param(
+            {"base": "adt.yaml", "match": [{"message": "ZDT", "triggers": ["A01"]}], "rules_first": [{"type": "x"}]},
+            "$.rules_first[0]",
+            "'severity' is a required property",
+            id="based-file",
+        ),
+    ],
+)
+def test_an_error_in_an_overlays_rules_names_the_overlay_and_its_own_json_path(
+    tmp_path: Path, doc: dict[str, Any], path: str, message: str
+) -> None:
+    overlay = write(tmp_path / "site.yaml", doc)
+    error = load_error(overlay)
+    assert (error.source, error.path) == (str(overlay), path)
+    assert str(error).startswith(f"{overlay}:{path}: {message}")
+
+
+def test_an_error_in_an_earlier_overlays_rules_first_names_that_overlay(tmp_path: Path) -> None:
+    # Two overlays of adt.yaml: the later one's rules come first, then the earlier one's, then adt.yaml's.
+    first = write(tmp_path / "a.yaml", {"extends": "adt.yaml", "rules_first": [GOOD_RULE, {"type": "nope"}]})
+    second = write(tmp_path / "b.yaml", {"extends": "adt.yaml", "rules_first": [GOOD_RULE, GOOD_RULE, GOOD_RULE]})
+    error = load_error(first, second)
+    assert (error.source, error.path) == (str(first), "$.rules_first[1]")
+    assert str(error).startswith(f"{first}:$.rules_first[1]: 'severity' is a required property")
+
+
+# --- skipped stretches of a grouping (OML's prior results), repetition choices, subject and link facts ---
+
+
+def grouping_doc(**for_each: Any) -> dict[str, Any]:
+    """A minimal order mapping: one event per ORC, keyed by ORC-2, located by the nearest PV1."""
+    return {
+        "match": [{"message": "OML", "triggers": ["O21"]}],
+        "for_each": {"segment": "ORC", **for_each},
+        "encounter": {"location": {"field": "PV1-3", "unit": "PL-1.1"}},
+        "subject": {"kind": "order", "key": "ORC-2.1"},
+        "thread_key": "msg:{MSH-10}",
+        "dedup_key": "{type}:{subject.key}",
+        "rules": [{"type": "order.placed", "severity": "info"}],
+    }
+
+
+OML_HEADER = "MSH|^~\\&|CPOE|TESTHOSP|LIS|TESTHOSP|20240115103000||OML^O21|CTRL5|P|2.5.1"
+
+
+def test_a_skip_from_segment_after_an_anchor_skips_up_to_a_resume_at_segment() -> None:
+    mapper = Mapper.from_documents(
+        [("lab.yaml", grouping_doc(skip_from=["PV1", "AL1"], resume_at=["SPM"], ends_before=["PID"]))]
+    )
+    message = hl7(
+        OML_HEADER,
+        ORU_PID,
+        "PV1|1|I|4E",  # before any ORC: the patient's visit
+        "ORC|NW|A",
+        "OBR|1|A||CBC",
+        "PV1|1|I|OLDWARD",  # after an ORC: opens a skipped stretch (prior results)
+        "ORC|SC|OLD1||CM",
+        "OBR|1|OLD1||K",
+        "AL1|1|DA|PEN",
+        "ORC|CA|OLD2",
+        "SPM|1|SP2",  # resumes
+        "ORC|NW|B",
+        "PID|2||67890^^^TESTHOSP^MR",  # ends_before: the next patient; their PV1 is context again
+        "PV1|1|I|3W",
+        "ORC|NW|C",
+    )
+    events = run(mapper, message)
+    assert [(e.subject and e.subject.key, e.encounter.location.unit) for e in events] == [
+        ("A", "4E"),
+        ("B", "4E"),
+        ("C", "3W"),
+    ]
+
+
+def test_without_skip_from_every_anchor_is_an_event() -> None:
+    mapper = Mapper.from_documents([("lab.yaml", grouping_doc())])
+    message = hl7(OML_HEADER, ORU_PID, "PV1|1|I|4E", "ORC|NW|A", "PV1|1|I|OLDWARD", "ORC|SC|OLD1||CM")
+    assert [e.subject and e.subject.key for e in run(mapper, message)] == ["A", "OLD1"]
+
+
+@pytest.mark.parametrize(
+    "for_each",
+    [
+        {"skip_from": ["ORC"]},
+        {"skip_from": ["PV1"], "resume_at": ["PV1"]},
+        {"skip_from": ["PID"], "ends_before": ["PID"]},
+        {"skip_from": ["OBR"], "with_leading": ["OBR"]},
+    ],
+)
+def test_a_skip_from_segment_that_has_another_role_is_an_error(for_each: dict[str, Any]) -> None:
+    with pytest.raises(MappingError) as caught:
+        Mapper.from_documents([("lab.yaml", grouping_doc(**for_each))])
+    assert caught.value.path == "$.for_each.skip_from"
+
+
+def identifier_doc(mrn: dict[str, Any], mrn_repetition: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = bundled("adt.yaml")
+    doc["patient"]["mrn"] = mrn
+    doc.pop("mrn_repetition", None)
+    if mrn_repetition is not None:
+        doc["mrn_repetition"] = mrn_repetition
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("choice", "pid3", "authorities", "expected"),
+    [
+        # Without then/never: the wanted type, else the first (as before).
+        ({"where": "CX-5", "in": ["MR"]}, "1^^^A^AN~2^^^B", (), "1"),
+        # then: those types, and untyped ones, before any other type.
+        ({"where": "CX-5", "in": ["MR"], "then": ["PI"]}, "1^^^A^AN~2^^^B", (), "2"),
+        ({"where": "CX-5", "in": ["MR"], "then": ["PI"]}, "1^^^A^AN~2^^^B^PI~3^^^C", (), "2"),
+        # With authority: the site's authorities before then-types, and first among the wanted ones.
+        ({"where": "CX-5", "in": ["MR"], "authority": "CX-4.1", "then": ["PI"]}, "2^^^B^PI~1^^^A^AN", ("A",), "1"),
+        ({"where": "CX-5", "in": ["MR"], "authority": "CX-4.1"}, "1^^^A^MR~2^^^B^MR", ("B",), "2"),
+        # never: never taken, even as the last resort; globs and any case.
+        ({"where": "CX-5", "in": ["MR"], "never": ["SS"]}, "1^^^A^SS~2^^^B^AN", (), "2"),
+        ({"where": "CX-5", "in": ["MR"], "never": ["SS", "NN???"]}, "1^^^A^ss~2^^^B^NNDEU", (), None),
+        ({"where": "CX-5", "in": ["MR"], "never": ["NN???"]}, "1^^^A^NNDEUX", (), "1"),
+    ],
+)
+def test_a_where_choice_ranks_repetitions_and_never_takes_an_excluded_one(
+    tmp_path: Path, choice: dict[str, Any], pid3: str, authorities: tuple[str, ...], expected: str | None
+) -> None:
+    doc = identifier_doc({"field": "PID-3", "repetition": choice, "value": "CX-1"})
+    site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),), mrn_authorities=authorities))
+    found = one(site, adt("A01", f"PID|1||{pid3}||Testpatient^Alpha", PV1)).patient.mrn
+    assert (found.value if found is not None else None) == expected
+
+
+def test_repetition_mrn_is_the_files_mrn_repetition(tmp_path: Path) -> None:
+    choice = {"where": "CX-5", "in": ["XX"], "never": ["MR"]}
+    doc = identifier_doc({"field": "PID-3", "repetition": "mrn", "value": "CX-1"}, choice)
+    site = Mapper.load(MappingOptions(extra_paths=(write(tmp_path / "adt.yaml", doc),)))
+    pid = "PID|1||1^^^A^MR~2^^^A^XX||Testpatient^Alpha"
+    assert one(site, adt("A01", pid, PV1)).patient.mrn.value == "2"  # type: ignore[union-attr]
+    # The bundled files share _visit.yaml's: never a social security number.
+    ssn_first = "PID|1||123-45-6789^^^SSA^SS~M1^^^TESTHOSP||Testpatient^Alpha"
+    assert one(Mapper.load(), adt("A01", ssn_first, PV1)).patient.mrn.value == "M1"  # type: ignore[union-attr]
+
+
+def test_repetition_mrn_without_an_mrn_repetition_is_an_error_naming_its_place() -> None:
+    doc = identifier_doc({"field": "PID-3", "repetition": "mrn", "value": "CX-1"})
+    with pytest.raises(MappingError) as caught:
+        Mapper.from_documents([("adt.yaml", doc)])
+    assert caught.value.path == "$.patient.mrn.repetition"
+
+
+def test_subject_digest_covers_the_subject_only() -> None:
+    digests = []
+    for pv1 in (PV1, PV1.replace("4E^136^B", "ICU^1^A")):
+        doc = grouping_doc()
+        doc["dedup_key"] = "{subject_digest}|{digest}"
+        event = one(Mapper.from_documents([("lab.yaml", doc)]), hl7(OML_HEADER, ORU_PID, pv1, "ORC|NW|A"))
+        digests.append(event.dedup_key.split("|"))
+    (subject_here, all_here), (subject_there, all_there) = digests
+    assert subject_here == subject_there and all_here != all_there
+
+
+def test_the_links_are_facts_of_the_dedup_key_only() -> None:
+    doc = grouping_doc()
+    doc["rules"] = [
+        {"type": "order.cancelled", "severity": "notice", "lifecycle": "cancel", "links": {"cancels": "k:{ORC-2.1}"}}
+    ]
+    doc["dedup_key"] = ["{type}:{links.cancels}:{links.replaces}", "{type}:{links.cancels}"]
+    event = one(Mapper.from_documents([("lab.yaml", doc)]), hl7(OML_HEADER, ORU_PID, "ORC|CA|A"))
+    assert (event.links, event.dedup_key) == ({"cancels": "k:A"}, "order.cancelled:k:A")
+    for key, template in (("thread_key", "t:{links.cancels}"), ("thread_key", "t:{subject_digest}")):
+        broken = {**grouping_doc(), key: template}
+        with pytest.raises(MappingError, match="unknown placeholder"):
+            Mapper.from_documents([("lab.yaml", broken)])
+    linked = grouping_doc()
+    linked["rules"] = [{"type": "order.placed", "severity": "info", "links": {"x": "{links.cancels}"}}]
+    with pytest.raises(MappingError, match="unknown placeholder"):
+        Mapper.from_documents([("lab.yaml", linked)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,3 +267,134 @@ def test_readme_shows_the_output_of_the_example(example: Simulation) -> None:
     assert command in section
     pasted = section.split("```text\n", 1)[1].split("```", 1)[0]
     assert structure(pasted) == structure(format_simulation(example))
+
+
+# --- the worker's bookkeeping, pseudonyms keyed per run, odd times (review #4 findings 20, 21, 17) ----------
+
+ONE_SLACK = """
+routes:
+  - name: all
+    channels: [icu]
+channels:
+  icu:
+    type: slack
+    token: xoxb-example-not-a-real-token
+    channel: C0ICU0001
+    phi: full
+"""
+PATIENT = "PID|1||MRN1^^^HOSP^MR||Testpatient^Alpha||19800101|F\rPV1|1|I|4E^12^1^HOSP||||||||||||||||V1^^^HOSP"
+
+
+def lab_result(control_id: str, sent: str, status: str, value: str, flag: str) -> bytes:
+    return (
+        f"MSH|^~\\&|LIS|LAB|CPOE|HOSP|{sent}||ORU^R01|{control_id}|P|2.5\r{PATIENT}\rORC|RE|ORD1^CPOE\r"
+        f"OBR|1|ORD1^CPOE||K^Potassium|||20240301103000||||||||||||||{sent}|||{status}\r"
+        f"OBX|1|NM|K^Potassium||{value}|mmol/L|3.5-5|{flag}|||{status}\r"
+    ).encode()
+
+
+def one_slack(tmp_path: Path) -> Settings:
+    config = tmp_path / "config.yaml"
+    config.write_text(ONE_SLACK)
+    return load_config(config, env={})
+
+
+def mine(pattern: str, text: str) -> list[str]:
+    """The distinct matches of ``pattern`` in ``text``, in order of first appearance."""
+    return list(dict.fromkeys(re.findall(pattern, text)))
+
+
+def test_pseudonyms_show_as_labels_in_order_of_appearance(example: Simulation) -> None:
+    text = format_simulation(example, payload=True)
+    labels = mine(r"\bk:[0-9a-f]+\b", text)
+    assert labels == [f"k:{n}" for n in range(1, len(labels) + 1)]
+    assert len(labels) >= 2  # the ward board's thread and dedup keys at PHI none
+    # The webhook payload at PHI none carries a label, never a digest.
+    ward = json.loads(channel(example, "ward-board").posts[0].payload)
+    assert ward["body"]["data"]["thread_key"] in labels
+
+
+async def test_pseudonyms_are_keyed_with_a_new_random_key_each_run(
+    monkeypatch: pytest.MonkeyPatch, nothing_sent: None
+) -> None:
+    # Without the labels the raw pseudonyms show: an unkeyed SHA-256 would be the same every run
+    # (and reversed by hashing every visit number); keyed with a random key they never are.
+    monkeypatch.setattr("bridge.simulate._labeller", lambda: lambda text: text)
+    runs = [format_simulation(await simulate(example_settings(), [MESSAGES]), payload=True) for _ in range(2)]
+    digests = [mine(r"\bk:[0-9a-f]{32}\b", text) for text in runs]
+    assert digests[0] and digests[1]
+    assert set(digests[0]).isdisjoint(digests[1])
+
+
+async def test_an_edit_is_recorded_under_the_id_of_the_post_it_edits_as_the_worker_records_it(
+    monkeypatch: pytest.MonkeyPatch, nothing_sent: None
+) -> None:
+    from bridge.store.sqlite import SQLiteStore
+
+    recorded: list[tuple[str, str | None, bool]] = []
+    mark = SQLiteStore.mark_delivered
+
+    async def spy(self: SQLiteStore, delivery_id: str, *, external_id: str | None, thread_root: bool) -> None:
+        recorded.append((delivery_id.rpartition(".")[2], external_id, thread_root))
+        await mark(self, delivery_id, external_id=external_id, thread_root=thread_root)
+
+    monkeypatch.setattr(SQLiteStore, "mark_delivered", spy)
+    result = await simulate(example_settings(), [MESSAGES])
+    # icu-slack: the admission roots the thread, the critical replies in it, the correction edits the
+    # critical post and keeps its id (Slack's chat.update answers with the same ts).
+    assert [(ext, root) for chan, ext, root in recorded if chan == "icu-slack"] == [
+        ("post-1", True),
+        ("post-2", False),
+        ("post-2", False),
+    ]
+    assert [p.ref for p in channel(result, "icu-slack").posts] == ["post-1", "post-2", "post-3"]
+
+
+def test_the_bookkeeping_simulate_shares_with_the_worker(make_event: Any) -> None:
+    from bridge.channels import Post, SendResult
+    from bridge.delivery import recorded_send
+    from bridge.events import Lifecycle
+
+    def post(lifecycle: Lifecycle, thread_ref: str | None, original_ref: str | None) -> Post:
+        event = make_event(lifecycle=lifecycle)
+        return Post("d1", "icu", event, "t", "s", thread_ref=thread_ref, original_ref=original_ref)
+
+    sent = SendResult(external_id="ts-new")
+    cases = [
+        (post(Lifecycle.NEW, None, None), True, ("ts-new", True)),  # the first post of its thread
+        (post(Lifecycle.NEW, "ts-root", None), True, ("ts-new", False)),  # a reply
+        (post(Lifecycle.NEW, None, None), False, ("ts-new", False)),  # the adapter does not thread
+        (post(Lifecycle.CORRECT, "ts-root", "ts-old"), True, ("ts-old", False)),  # an edit keeps the post's id
+        (post(Lifecycle.CANCEL, None, "ts-old"), True, ("ts-old", False)),  # so does a strike
+        (post(Lifecycle.CORRECT, None, None), True, ("ts-new", True)),  # nothing to edit: a new post
+        (post(Lifecycle.UPDATE, "ts-root", "ts-old"), True, ("ts-new", False)),  # an update replies, never edits
+    ]
+    for p, threads, expected in cases:
+        assert recorded_send(p, sent, threads=threads) == expected
+
+
+async def test_a_correction_that_turns_critical_edits_the_post_and_alerts_in_its_thread(
+    tmp_path: Path, nothing_sent: None
+) -> None:
+    (tmp_path / "1.hl7").write_bytes(lab_result("c1", "20240301110000", "F", "4.0", "N"))
+    (tmp_path / "2.hl7").write_bytes(lab_result("c2", "20240301120000", "C", "6.9", "HH"))
+    result = await simulate(one_slack(tmp_path), [tmp_path])
+    posts = channel(result, "icu").posts
+    assert [(p.ref, p.event_type, p.severity, p.thread_ref, p.original_ref) for p in posts] == [
+        ("post-1", "result.final", "notice", None, None),
+        ("post-2", "result.corrected", "critical", "post-1", "post-1"),  # the edit
+        ("post-3", "result.corrected", "critical", "post-1", None),  # the alert: a reply in the thread
+    ]
+    assert [json.loads(p.payload)["method"] for p in posts] == ["chat.postMessage", "chat.update", "chat.postMessage"]
+
+
+async def test_an_event_time_without_a_utc_equivalent_does_not_stop_the_simulation(
+    tmp_path: Path, nothing_sent: None
+) -> None:
+    # /tmp/rev/sim4: EVN-2 at year 9999 and -1400 made compose raise OverflowError.
+    admit = f"MSH|^~\\&|ADT|HOSP|X|Y|20240301100000||ADT^A01|c1|P|2.5\rEVN|A01|99991231235959-1400\r{PATIENT}\r"
+    (tmp_path / "01.hl7").write_bytes(admit.encode())
+    result = await simulate(one_slack(tmp_path), [tmp_path])
+    (post,) = channel(result, "icu").posts
+    assert post.occurred_at == "2024-03-01T10:00:00+00:00"  # MSH-7, the next source of the event time
+    assert ("Time", "2024-03-01 10:00 UTC") in post.facts

@@ -20,7 +20,7 @@ from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Identifier, Lifecycle, Severity
 from bridge.fhir.mapping import FhirMapper, fhir_instant
 from bridge.hl7.reader import parse
-from bridge.mapping import Mapper, MappingOptions, load_document, mappings_dir
+from bridge.mapping import Mapper, MappingOptions, load_mappings, mappings_dir
 from bridge.routing import Route
 
 RECEIVED = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -774,7 +774,8 @@ def test_order_cancellation_strikes_the_placed_order(mapper: FhirMapper, version
     assert (placed.subject.code, placed.subject.text, placed.subject.status) == ("58410-2", "Blood count", "IP")
     assert cancelled.lifecycle is Lifecycle.CANCEL and cancelled.links == {"cancels": "ServiceRequest/sr1"}
     assert (cancelled.subject.key, cancelled.thread_key) == (placed.subject.key, placed.thread_key)
-    assert cancelled.subject.status == "CA"
+    # Revoked: the order held until now, so it is discontinued (ORC-5 DC), not cancelled.
+    assert cancelled.subject.status == "DC"
 
 
 # --- Appointment ----------------------------------------------------------------------------------
@@ -842,8 +843,10 @@ def test_appointment_cancellation_strikes_the_booking(mapper: FhirMapper, versio
     assert booked.patient.mrn is not None and booked.patient.mrn.value == "12345"
     assert booked.encounter.location.unit == "Cardiology clinic"
     assert booked.encounter.attending is not None and booked.encounter.attending.family == "Doctor"
-    assert booked.subject is not None and (booked.subject.code, booked.subject.text) == (
+    # The coded service names the appointment; its description is free text: the detail only.
+    assert booked.subject is not None and (booked.subject.code, booked.subject.text, booked.subject.detail) == (
         "cardio",
+        "Cardiology",
         "Cardiology follow-up",
     )
     assert cancelled.lifecycle is Lifecycle.CANCEL and cancelled.links == {"cancels": "Appointment/a1"}
@@ -930,8 +933,10 @@ def test_patient_without_merge_is_registered_once_and_updated_only_by_demographi
 
 
 def test_bundled_files_are_valid_and_loaded_in_name_order(mapper: FhirMapper) -> None:
-    files = sorted((mappings_dir() / "fhir").glob("*.yaml"))
-    assert [f.name for f in files] == [
+    # A fragment (_*.yaml) is only a base; every other file, with its bases under it, is a mapping.
+    assert [p.name for p in (mappings_dir() / "fhir").glob("_*.yaml")] == ["_visit.yaml"]
+    docs = load_mappings("fhir", [], mappings_dir() / "fhir.schema.json")  # validates each one
+    assert [Path(source).name for source, _ in docs] == [
         "appointment.yaml",
         "diagnosticreport.yaml",
         "documentreference.yaml",
@@ -941,9 +946,8 @@ def test_bundled_files_are_valid_and_loaded_in_name_order(mapper: FhirMapper) ->
         "patient.yaml",
         "servicerequest.yaml",
     ]
-    for f in files:
-        assert isinstance(load_document(f, mappings_dir() / "fhir.schema.json"), dict)
-    assert [Path(s).name for s in mapper.sources] == [f.name for f in files]
+    assert all("base" not in doc for _, doc in docs)
+    assert list(mapper.sources) == [source for source, _ in docs]
 
 
 def test_schema_event_types_are_the_catalogue() -> None:
@@ -1217,3 +1221,34 @@ def test_bundled_mappings_prefer_the_sites_mrn_system() -> None:
     assert one(FhirMapper.load(), resource, context=CONTEXT).patient.mrn == Identifier(
         value="12345", authority="urn:test:mrn", type="MR"
     )
+
+
+# --- times without a UTC equivalent (review #4 finding 17); errors in an overlay's rules_first (18) ----
+
+
+@pytest.mark.parametrize(
+    "text", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999-00:01"]
+)
+def test_an_instant_without_a_utc_equivalent_is_none(text: str) -> None:
+    assert fhir_instant(text) is None
+
+
+def test_an_instant_at_the_edge_of_time_with_a_utc_equivalent_stays() -> None:
+    assert fhir_instant("9999-12-31T23:59:59Z") == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert fhir_instant("0001-01-01T10:00:00+09:00") == datetime(1, 1, 1, 1, 0, tzinfo=UTC)
+
+
+def test_a_resource_time_without_a_utc_equivalent_falls_back_to_receipt(mapper: FhirMapper) -> None:
+    resource = observation("final")
+    resource["issued"] = resource["meta"]["lastUpdated"] = "9999-12-31T23:59:59-14:00"
+    assert one(mapper, resource, context=CONTEXT).occurred_at == RECEIVED
+
+
+def test_an_error_in_an_overlays_rules_first_names_the_overlay_and_its_own_path(tmp_path: Path) -> None:
+    bad = {"when": "status == 'final'", "type": "result.final", "severity": "notice"}
+    good = {"when": "status = 'final'", "type": "result.final", "severity": "notice"}
+    path = write_mapping(tmp_path, "observation-site.yaml", {"extends": "observation.yaml", "rules_first": [good, bad]})
+    with pytest.raises(MappingError) as caught:
+        FhirMapper.load(MappingOptions(extra_paths=(tmp_path,)))
+    assert (caught.value.source, caught.value.path) == (str(path), "$.rules_first[1].when")
+    assert "FHIRPath" in str(caught.value)

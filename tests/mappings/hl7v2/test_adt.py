@@ -106,7 +106,7 @@ def expected_alpha(**overrides: Any) -> dict[str, Any]:
             "location": {"facility": "TESTHOSP", "unit": "4E", "room": "412", "bed": "B"},
             "prior_location": {"facility": "TESTHOSP", "unit": "3W", "room": "301", "bed": "A"},
             "attending": {"id": "9001", "family": "Doctor", "given": "Test", "prefix": "Dr"},
-            "admitted_at": "2024-01-15T10:20:00",
+            "admitted_at": "2024-01-15T10:20:00+00:00",
             "discharged_at": None,
         },
         "subject": {
@@ -158,8 +158,9 @@ CANCEL = "cancel"
         ("A06", "2.8", "encounter.transferred", "notice", "new", {}),
         ("A07", "2.3", "encounter.transferred", "notice", "new", {}),
         ("A08", "2.4", "encounter.updated", "info", "new", {}),
-        ("A09", "2.5.1", "encounter.transferred", "info", "new", {}),
-        ("A10", "2.6", "encounter.transferred", "info", "new", {}),
+        # Tracking (to radiology and back, the bed kept): a reply in the visit's thread, so an A12 never strikes it.
+        ("A09", "2.5.1", "encounter.transferred", "info", "update", {}),
+        ("A10", "2.6", "encounter.transferred", "info", "update", {}),
         ("A11", "2.7", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.admitted,encounter.arrived"}),
         ("A12", "2.8", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.transferred"}),
         ("A13", "2.3", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.discharged"}),
@@ -171,8 +172,6 @@ CANCEL = "cancel"
         ("A25", "2.3", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.discharge_pending"}),
         ("A26", "2.4", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.transfer_pending"}),
         ("A27", "2.5.1", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.preadmitted"}),
-        ("A32", "2.6", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.transferred"}),
-        ("A33", "2.7", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.transferred"}),
         ("A38", "2.8", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.preadmitted"}),
         ("A52", "2.3", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.leave_of_absence"}),
         ("A53", "2.4", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.leave_of_absence"}),
@@ -354,9 +353,77 @@ def test_account_number_threads_the_visit_without_pv1_19(map_one: Any) -> None:
     assert event.encounter.location.model_dump() == {"facility": "TESTHOSP", "unit": "ED", "room": None, "bed": None}
 
 
-@pytest.mark.parametrize("trigger", ["A20", "A23", "A24", "A37"])
+@pytest.mark.parametrize("trigger", ["A20", "A23", "A24", "A32", "A33", "A37"])
 def test_triggers_without_a_patient_event_make_none(map_hl7: Any, parse_hl7: Any, mapper: Any, trigger: str) -> None:
-    # A20 bed status (no patient), A23 delete a visit record (housekeeping), A24/A37 link/unlink records.
+    # A20 bed status (no patient), A23 delete a visit record (housekeeping), A24/A37 link/unlink records,
+    # A32/A33 cancel a tracking move (a reply no cancellation can name: it would strike the last real transfer).
     text = visit_message(trigger, "2.5.1")
     assert map_hl7(text) == []
     assert not mapper.matches(parse_hl7(text))
+
+
+def test_tracking_moves_are_replies_so_a_cancelled_transfer_names_only_real_transfers(map_one: Any) -> None:
+    # A01, A02 to ICU, A09 departs to radiology, A10 arrives back, A12 cancels the transfer to ICU. The
+    # A12 strikes the latest new post of encounter.transferred in the thread: the A02, never a tracking reply.
+    events = [
+        map_one(visit_message(trigger, "2.5.1").replace("20240115102500", at), mrn_authorities=SITE)
+        for trigger, at in [
+            ("A01", "20240115080000"),
+            ("A02", "20240115090000"),
+            ("A09", "20240115100000"),
+            ("A10", "20240115110000"),
+            ("A12", "20240115120000"),
+        ]
+    ]
+    assert [(e.type.value, e.lifecycle.value, e.links) for e in events] == [
+        ("encounter.admitted", "new", {}),
+        ("encounter.transferred", "new", {}),
+        ("encounter.transferred", "update", {}),
+        ("encounter.transferred", "update", {}),
+        ("encounter.cancelled", "cancel", {"cancels": "encounter.transferred"}),
+    ]
+    assert {e.thread_key for e in events} == {"enc:TESTHOSP:V-1001"}
+
+
+def admission_with_pid3(pid3: str) -> str:
+    return "\n".join(
+        [
+            msh("A01", "2.3"),
+            "EVN|A01|20240115102500",
+            seg("PID", {1: "1", 3: pid3, 5: "Testpatient^Alpha"}),
+            seg("PV1", {1: "1", 2: "I", 3: "4E^412^B"}),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("pid3", "authorities", "mrn"),
+    [
+        # No MR: never the social security number, with or without the site's authorities.
+        ("123-45-6789^^^SSA^SS~MRN1^^^HOSP", (), ("MRN1", "HOSP", None)),
+        ("123-45-6789^^^SSA^SS~MRN1^^^HOSP", ("HOSP",), ("MRN1", "HOSP", None)),
+        # Without an MR, the site's authority before an identifier of any other (acceptable) type.
+        ("A-1^^^OTHER^PI~A-2^^^HOSP^PI", ("HOSP",), ("A-2", "HOSP", "PI")),
+        ("AC-9^^^HOSP^AN~A-2^^^HOSP^PI", ("HOSP",), ("AC-9", "HOSP", "AN")),
+        # Else a patient number (PI, PT, PN, PE, MRT) or an untyped one before any other type.
+        ("AC-9^^^HOSP^AN~A-2^^^OTHER^PT", (), ("A-2", "OTHER", "PT")),
+        ("AC-9^^^HOSP^AN~A-3^^^OTHER", (), ("A-3", "OTHER", None)),
+        ("AC-9^^^HOSP^AN", (), ("AC-9", "HOSP", "AN")),
+        # An MR always wins, wherever it stands.
+        ("123-45-6789^^^SSA^SS~A-2^^^HOSP^PI~M-1^^^OTHER^MR", ("HOSP",), ("M-1", "OTHER", "MR")),
+        # Only sensitive identifiers (national, passport, driving licence, health card, insurance): no MRN.
+        ("123-45-6789^^^SSA^SS~X1^^^GBR^NNGBR~P1^^^DE^PPN~D1^^^DMV^DL~H1^^^ON^HC~M1^^^CMS^MC", ("HOSP",), None),
+        ("943 476 5919^^^NHS^NHSNMBR~9^^^X^ssn", (), None),
+    ],
+)
+def test_the_mrn_is_never_a_social_security_passport_or_national_number(
+    map_one: Any, pid3: str, authorities: tuple[str, ...], mrn: tuple[str, str, str | None] | None
+) -> None:
+    event = map_one(admission_with_pid3(pid3), mrn_authorities=authorities)
+    found = event.patient.mrn
+    assert (None if found is None else (found.value, found.authority, found.type)) == mrn
+    if mrn is None:
+        # No MRN and no visit: the thread is the message, never a key made of an SSN.
+        assert event.thread_key == "msg:CTL-A01"
+    else:
+        assert event.thread_key == f"pat:{mrn[1]}:{mrn[0]}"
