@@ -19,6 +19,7 @@ from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
 
 __all__ = [
     "EVENT_FACTS",
+    "LINK_NAMES",
     "Facts",
     "Found",
     "Observation",
@@ -33,13 +34,22 @@ Parts = dict[str, "str | None"]
 #: The facts of the event being built, by placeholder name, as key and link templates read them.
 Facts = dict[str, "str | None"]
 
-#: Placeholders of key and link templates that are facts of the event being built.
+#: The links of the catalogue (mappings/catalogue.yaml), as facts ``links.<name>`` for dedup key templates.
+LINK_NAMES = ("cancels", "corrects", "replaces", "replaced_by")
+
+#: Placeholders of key and link templates that are facts of the event being built. ``digest``
+#: covers everything extracted (patient, encounter, subject); ``subject_digest`` only the subject
+#: (what a result or an order says), so the same report re-sent from another bed digests the same.
+#: ``links.*`` are the links' values, known to dedup key templates only (they are rendered after
+#: the thread key and the links).
 EVENT_FACTS = frozenset(
     {
         "type",
         "severity",
         "occurred_at",
         "digest",
+        "subject_digest",
+        *(f"links.{name}" for name in LINK_NAMES),
         "thread_key",
         "subject.kind",
         "subject.key",
@@ -133,8 +143,8 @@ def assemble_event(
     """The event of one unit of content.
 
     ``facts`` is the dict the mapper's key and link templates read: it is filled
-    here before ``thread_key`` is rendered, and ``thread_key`` is added to it
-    before ``dedup_key`` and ``links`` are rendered.
+    here before ``thread_key`` is rendered; ``thread_key`` is added to it before
+    ``links`` are rendered, and the links (``links.<name>``) before ``dedup_key``.
     """
     t = found.texts
     mrn = found.mrn
@@ -184,6 +194,8 @@ def assemble_event(
             "severity": verdict.severity.value,
             "occurred_at": occurred.isoformat(),
             "digest": clinical,
+            # The subject alone (kind, key, code, text, status, observations, ...): results and orders dedup on it.
+            "subject_digest": digest(subject) if subject is not None else None,
             "subject.kind": found.subject_kind,
             "subject.key": t.get("subject.key"),
             "subject.code": t.get("subject.code"),
@@ -199,6 +211,8 @@ def assemble_event(
     # Without a resolvable template the keys fall back to this message only: never a false match.
     thread = thread_key() or f"msg:{message_id}"
     facts["thread_key"] = thread
+    event_links = links()
+    facts.update({f"links.{name}": event_links.get(name) for name in LINK_NAMES})
     dedup = dedup_key() or f"{event_type}:{event_id}"
     # One validation of the whole plain tree runs in pydantic-core; building the nested
     # models one by one (even with model_construct) costs several times more.
@@ -215,7 +229,7 @@ def assemble_event(
             "thread_key": thread,
             "dedup_key": dedup,
             "lifecycle": verdict.lifecycle,
-            "links": links(),
+            "links": event_links,
             "origin": dict(origin),
         }
     )

@@ -141,3 +141,26 @@ def test_corpus_covers_every_mapped_family(mapper: Mapper) -> None:
 def test_fuzzed_inputs_that_parse_map_without_raising(mapper: Mapper, path: Path) -> None:
     for index, message in enumerate(messages(path)):
         map_message(mapper, message, index)
+
+
+#: Inside an order of these messages, a PID, PV1, PV2 or AL1 opens the order's prior results (oml.yaml).
+PRIOR_RESULT_OPENERS = frozenset({"PID", "PV1", "PV2", "AL1"})
+
+
+@pytest.mark.parametrize("name", ["OML-O21-03.hl7", "OMG-O19-01.hl7", "OMG-O19-02.hl7"])
+def test_corpus_prior_results_inside_an_order_make_no_events(mapper: Mapper, name: str) -> None:
+    path = CORPUS / "microsoft-fhir-converter" / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in the corpus")
+    (message,) = messages(path)
+    segments = [seg.name for seg in message.segments]
+    first_order = segments.index("ORC")
+    prior = next(i for i in range(first_order, len(segments)) if segments[i] in PRIOR_RESULT_OPENERS)
+    events = events_of(mapper, path.read_bytes())
+    # One event per ORC before the prior results, none for the earlier orders after them (OML-O21-03
+    # and OMG-O19-02 carry an old cancellation there: no order of this message was cancelled).
+    assert len(events) == segments[first_order:prior].count("ORC") >= 1
+    assert "order.cancelled" not in {e.type.value for e in events}
+    # The prior results' visits are not the patient's visit.
+    patient_visit = message.segments_named("PV1")[0].get_rep(19, 1, 1, 0)
+    assert {e.encounter.visit_number for e in events} == {patient_visit}

@@ -231,6 +231,31 @@ def test_golden(map_one: MapOne, text: str, want: dict[str, Any]) -> None:
     assert fields(map_one(text)) == want
 
 
+@pytest.mark.parametrize("status", ["DI", "DO", "IP", "IN", "PA"])
+@pytest.mark.parametrize("trigger", ["T01", "T02"])
+def test_a_document_not_yet_authenticated_is_posted_and_says_its_status(
+    map_one: MapOne, trigger: str, status: str
+) -> None:
+    # Dictated, documented, in progress, incomplete or pre-authenticated: posted (the care team may wait
+    # for it), with TXA-17 as subject.status for the wording; the T03/T04 to AU or LA then edits the post.
+    event = map_one(
+        T02.replace("MDM^T02", f"MDM^{trigger}").replace("DOC-1^DOCSYS|||||AU", f"DOC-1^DOCSYS|||||{status}")
+    )
+    assert event.subject is not None
+    assert (event.type, event.lifecycle, event.subject.key, event.subject.status) == (
+        EventType.DOCUMENT_AVAILABLE,
+        Lifecycle.NEW,
+        "DOCSYS:DOC-1",
+        status,
+    )
+    signed = map_one(T02.replace("MDM^T02", "MDM^T04"))
+    assert (signed.lifecycle, signed.links, signed.subject and signed.subject.status) == (
+        Lifecycle.CORRECT,
+        {"corrects": "DOCSYS:DOC-1"},
+        "AU",
+    )
+
+
 def test_t02_carries_the_patient(map_one: MapOne) -> None:
     event = map_one(T02)
     assert (event.patient.family, event.patient.given, event.patient.birth_date) == (

@@ -135,38 +135,46 @@ def test_orm_order_details_other_than_obr_give_what_is_ordered(
 PLACED = ("order.placed", "info", "new", {})
 CANCELLED = ("order.cancelled", "notice", "cancel", {"cancels": "CPOE:PL1"})
 CHANGED = ("order.changed", "info", "correct", {"corrects": "CPOE:PL1"})
+#: A status change that is progress: a reply in the order's thread, the order's post stands as ordered.
+PROGRESS = ("order.changed", "info", "update", {})
 COMPLETED = ("order.completed", "info", "update", {})
 
 
 @pytest.mark.parametrize(
-    ("control", "status", "expected"),
+    ("control", "status", "expected", "subject_status"),
     [
-        ("NW", "", PLACED),
-        ("RO", "SC", PLACED),  # the replacement order of a replace
-        ("CA", "", CANCELLED),
-        ("OC", "CA", CANCELLED),
-        ("CR", "CA", CANCELLED),
-        ("DC", "", CANCELLED),
-        ("OD", "DC", CANCELLED),
-        ("DR", "DC", CANCELLED),
-        ("SC", "CA", CANCELLED),
-        ("SC", "DC", CANCELLED),
-        ("SC", "CM", COMPLETED),
-        ("SC", "IP", CHANGED),
-        ("SC", "A", CHANGED),
-        ("SC", "", CHANGED),
-        ("XO", "", CHANGED),
-        ("XX", "SC", CHANGED),
-        ("XR", "SC", CHANGED),
-        ("RP", "", CHANGED),  # the replaced order of a replace
-        ("RU", "RP", CHANGED),
-        ("RQ", "RP", CHANGED),
-        ("HD", "", CHANGED),
-        ("OH", "HD", CHANGED),
-        ("HR", "HD", CHANGED),
-        ("RL", "", CHANGED),
-        ("OE", "IP", CHANGED),
-        ("OR", "IP", CHANGED),
+        ("NW", "", PLACED, None),
+        ("RO", "SC", PLACED, "SC"),  # the replacement order of a replace
+        # A cancellation's status says cancelled (CA, OC, CR) or discontinued (DC, OD, DR): ORC-5 when it
+        # is CA or DC, else the order control.
+        ("CA", "", CANCELLED, "CA"),
+        ("CA", "IP", CANCELLED, "CA"),  # the status before the cancellation is not what happened
+        ("OC", "CA", CANCELLED, "CA"),
+        ("CR", "", CANCELLED, "CR"),
+        ("DC", "", CANCELLED, "DC"),
+        ("OD", "DC", CANCELLED, "DC"),
+        ("DR", "", CANCELLED, "DR"),
+        ("SC", "CA", CANCELLED, "CA"),
+        ("SC", "DC", CANCELLED, "DC"),
+        ("SC", "CM", COMPLETED, "CM"),
+        ("SC", "IP", PROGRESS, "IP"),
+        ("SC", "A", PROGRESS, "A"),
+        ("SC", "SC", PROGRESS, "SC"),
+        ("SC", "", PROGRESS, None),
+        ("SC", "HD", CHANGED, "HD"),  # put on hold: the order itself changed, as with OH
+        ("SC", "RP", CHANGED, "RP"),  # replaced, as with RU
+        ("XO", "", CHANGED, None),
+        ("XX", "SC", CHANGED, "SC"),
+        ("XR", "SC", CHANGED, "SC"),
+        ("RP", "", CHANGED, None),  # the replaced order of a replace
+        ("RU", "RP", CHANGED, "RP"),
+        ("RQ", "RP", CHANGED, "RP"),
+        ("HD", "", CHANGED, None),
+        ("OH", "HD", CHANGED, "HD"),
+        ("HR", "HD", CHANGED, "HD"),
+        ("RL", "", CHANGED, None),
+        ("OE", "IP", CHANGED, "IP"),
+        ("OR", "IP", CHANGED, "IP"),
     ],
 )
 @pytest.mark.parametrize(("code", "trigger", "version"), [("ORM", "O01", "2.4"), ("OML", "O21", "2.5.1")])
@@ -178,6 +186,7 @@ def test_order_control_and_status_decide_the_event(
     control: str,
     status: str,
     expected: tuple[str, str, str, dict[str, str]],
+    subject_status: str | None,
 ) -> None:
     event = map_one(
         f"""
@@ -191,7 +200,7 @@ def test_order_control_and_status_decide_the_event(
     )
     assert order_event(event) == (
         *expected,
-        ("order", "CPOE:PL1", "CBC", "Blood count", status or None),
+        ("order", "CPOE:PL1", "CBC", "Blood count", subject_status),
         "12345",
         THREAD,
         AT,
@@ -271,7 +280,7 @@ def test_oml_v251_each_orc_is_one_order_with_its_own_control(map_hl7: Any) -> No
             "notice",
             "cancel",
             {"cancels": "CPOE:PL2"},
-            ("order", "CPOE:PL2", "BMP", "Basic metabolic panel", None),
+            ("order", "CPOE:PL2", "BMP", "Basic metabolic panel", "CA"),
             "12345",
             THREAD,
             AT,
@@ -297,9 +306,10 @@ def test_oml_v251_each_orc_is_one_order_with_its_own_control(map_hl7: Any) -> No
 
 
 def test_the_orders_after_a_pid_are_that_patients(map_hl7: Any) -> None:
+    # ORM has no prior results: a PID after an order can only be the next patient (see oml.yaml for OML).
     events = map_hl7(
         f"""
-        {msh("OML", "O21", "2.5.1")}
+        {msh("ORM", "O01", "2.5")}
         {PID_ALPHA}
         {PV1_WARD}
         {orc("NW", "PL1^CPOE")}
@@ -313,6 +323,119 @@ def test_the_orders_after_a_pid_are_that_patients(map_hl7: Any) -> None:
         ("Alpha", "V555", THREAD),
         ("Gamma", None, "pat:TESTHOSP:67890"),
     ]
+
+
+# --- OML and OMG: prior results inside an order (oml.yaml) -------------------------------------------
+
+#: A prior result: an EARLIER order of the patient (its ORC, OBR, results), sent along with a new one.
+PRIOR_ORDERS = """
+    ORC|SC|OLD1^CPOE|OF1^LIS||CM||||20231201090000
+    OBR|1|OLD1^CPOE|OF1^LIS|K^Potassium|||20231201080000|||||||||||||||20231201090000|||F
+    OBX|1|NM|K^Potassium||6.9|mmol/L|3.5-5.1|HH|||F
+    ORC|CA|OLD2^CPOE|OF2^LIS||CA||||20231201090000
+    OBR|1|OLD2^CPOE|OF2^LIS|NA^Sodium|||20231201080000|||||||||||||||20231201090000|||X
+    """
+
+
+@pytest.mark.parametrize(
+    "opener",
+    [
+        "PV1|1|I|ICU^1^1^OLDHOSP||||||||||||||||V111^^^OLDHOSP",  # PATIENT_VISIT_PRIOR
+        "PID|1||99999^^^OLDHOSP^MR||Testpatient^Omega",  # PATIENT_PRIOR: not a new patient
+        "PV2|||R50.9^Fever",
+        "AL1|1|DA|PEN^Penicillin",
+    ],
+)
+@pytest.mark.parametrize(("code", "trigger", "version"), [("OML", "O21", "2.5.1"), ("OMG", "O19", "2.6")])
+def test_prior_results_inside_an_order_make_no_event(
+    map_hl7: Any, code: str, trigger: str, version: str, opener: str
+) -> None:
+    events = map_hl7(
+        f"""
+        {msh(code, trigger, version)}
+        {PID_ALPHA}
+        {PV1_WARD}
+        AL1|1|DA|LATEX^Latex
+        {orc("NW", "PL1^CPOE")}
+        OBR|1|PL1^CPOE||CBC^Blood count
+        {opener}
+        {PRIOR_ORDERS}
+        """
+    )
+    # Only the new order; the old potassium (completed) and sodium (cancelled) are not news, and the
+    # order stays in the patient's visit, not the prior result's.
+    assert [order_event(e) for e in events] == [
+        (*PLACED, ("order", "CPOE:PL1", "CBC", "Blood count", None), "12345", THREAD, AT),
+    ]
+    assert [(e.patient.given, e.encounter.location.unit) for e in events] == [("Alpha", "4E")]
+
+
+def test_orders_after_prior_results_are_mapped_again_from_what_may_only_follow_them(map_hl7: Any) -> None:
+    # OML^O33: the next specimen (SPM) starts new orders; OML^O21: the order's FT1 / BLG close its prior results.
+    events = map_hl7(
+        f"""
+        {msh("OML", "O33", "2.6")}
+        {PID_ALPHA}
+        {PV1_WARD}
+        SPM|1|SP1&CPOE||SER^Serum^HL70487
+        {orc("NW", "PL1^CPOE")}
+        OBR|1|PL1^CPOE||ALT^Alanine aminotransferase
+        PV1|1|I|ICU^1^1^OLDHOSP||||||||||||||||V111^^^OLDHOSP
+        {PRIOR_ORDERS}
+        SPM|2|SP2&CPOE||UR^Urine^HL70487
+        {orc("NW", "PL2^CPOE")}
+        OBR|1|PL2^CPOE||UA^Urinalysis
+        """
+    )
+    assert [order_event(e)[:5] for e in events] == [
+        (*PLACED, ("order", "CPOE:PL1", "ALT", "Alanine aminotransferase", None)),
+        (*PLACED, ("order", "CPOE:PL2", "UA", "Urinalysis", None)),
+    ]
+    assert {e.thread_key for e in events} == {THREAD}
+    events = map_hl7(
+        f"""
+        {msh("OML", "O21", "2.5.1")}
+        {PID_ALPHA}
+        {PV1_WARD}
+        {orc("NW", "PL1^CPOE")}
+        OBR|1|PL1^CPOE||CBC^Blood count
+        AL1|1|DA|PEN^Penicillin
+        {PRIOR_ORDERS}
+        FT1|1|||20240115100000||CG|CBC
+        {orc("DC", "PL3^CPOE")}
+        OBR|1|PL3^CPOE||CRP^C reactive protein
+        """
+    )
+    assert [order_event(e)[:5] for e in events] == [
+        (*PLACED, ("order", "CPOE:PL1", "CBC", "Blood count", None)),
+        (
+            "order.cancelled",
+            "notice",
+            "cancel",
+            {"cancels": "CPOE:PL3"},
+            ("order", "CPOE:PL3", "CRP", "C reactive protein", "DC"),
+        ),
+    ]
+
+
+def test_a_new_order_whose_obr_has_results_is_an_earlier_order_and_makes_no_event(map_hl7: Any) -> None:
+    # Prior results need no PID, PV1 or AL1 before them: an ORC NW whose OBR-25 says results exist
+    # (A, P, C, R, F) is not a new order. A new order's result status may be O, I or S.
+    obr = "OBR|1|PL{n}^CPOE||CBC^Blood count" + "|" * 21 + "{status}"  # OBR-25
+    events = map_hl7(
+        "\n".join(
+            [
+                msh("OML", "O21", "2.5.1"),
+                PID_ALPHA,
+                PV1_WARD,
+                *(
+                    f"{orc('NW', f'PL{n}^CPOE')}\n{obr.format(n=n, status=status)}"
+                    for n, status in enumerate(["", "O", "S", "I", "A", "P", "C", "R", "F"], start=1)
+                ),
+            ]
+        )
+    )
+    assert [e.subject.key for e in events if e.subject] == ["CPOE:PL1", "CPOE:PL2", "CPOE:PL3", "CPOE:PL4"]
 
 
 # --- the other order messages -------------------------------------------------------------------------
@@ -343,7 +466,7 @@ def test_oml_o33_v26_specimen_first_orders(map_hl7: Any) -> None:
             "notice",
             "cancel",
             {"cancels": "CPOE:PL3"},
-            ("order", "CPOE:PL3", "UA", "Urinalysis", None),
+            ("order", "CPOE:PL3", "UA", "Urinalysis", "DC"),
             "12345",
             THREAD,
             AT,
@@ -370,10 +493,7 @@ def test_oml_o35_v27_container_first_orders(map_hl7: Any) -> None:
     assert [order_event(e) for e in events] == [
         (*PLACED, ("order", "CPOE:PL1", "HBA1C", "Haemoglobin A1c", None), "12345", THREAD, AT),
         (
-            "order.changed",
-            "info",
-            "correct",
-            {"corrects": "CPOE:PL2"},
+            *PROGRESS,
             ("order", "CPOE:PL2", "FBC", "Full blood count", "IP"),
             "12345",
             THREAD,
@@ -454,7 +574,7 @@ def test_each_change_with_new_content_is_a_new_fact_and_the_same_change_resent_i
         return map_one(f"{msh('OML', 'O21', '2.6', control=control)}\n{PID_ALPHA}\n{orc_line}\nOBR|1|||CBC")
 
     in_process = mapped("C1", orc("SC", filler="F1^LIS", status="IP"))
-    resent = mapped("C2", orc("SC", filler="F1^LIS", status="IP", at="20240115100500"))
+    resent = mapped("C2", orc("SC", filler="F1^LIS", status="IP"))  # the same message, a new control ID
     some_results = mapped("C3", orc("SC", filler="F1^LIS", status="A"))
     assert in_process.dedup_key == resent.dedup_key
     assert some_results.dedup_key != in_process.dedup_key
@@ -465,3 +585,19 @@ def test_each_change_with_new_content_is_a_new_fact_and_the_same_change_resent_i
     done = mapped("C6", orc("SC", filler="F1^LIS", status="CM"))
     done_again = mapped("C7", orc("SC", filler="F1^LIS", status="CM", at="20240115120000"))
     assert done.dedup_key == done_again.dedup_key
+
+
+def test_a_change_back_to_an_earlier_state_is_a_new_fact_and_a_resend_from_another_bed_is_not(map_one: Any) -> None:
+    def mapped(control: str, orc_line: str, pv1: str = PV1_WARD) -> ClinicalEvent:
+        return map_one(f"{msh('ORM', 'O01', '2.5', control=control)}\n{PID_ALPHA}\n{pv1}\n{orc_line}\nOBR|1|||CBC")
+
+    held = mapped("C1", orc("HD", status="HD", at="20240115110000"))
+    released = mapped("C2", orc("RL", status="IP", at="20240115120000"))
+    held_again = mapped("C3", orc("HD", status="HD", at="20240115130000"))
+    assert len({held.dedup_key, released.dedup_key, held_again.dedup_key}) == 3
+    # The same message re-sent (new control ID) after the patient moved to another bed of the same visit:
+    # what the order says did not change, so neither does its key.
+    moved = PV1_WARD.replace("4E^136^B", "ICU^2^A")
+    resent = mapped("C4", orc("HD", status="HD", at="20240115130000"), pv1=moved)
+    assert resent.encounter.location.unit == "ICU"
+    assert resent.dedup_key == held_again.dedup_key

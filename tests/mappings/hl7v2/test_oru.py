@@ -317,6 +317,15 @@ def test_r01_v27_withdrawn_report_strikes_the_post_of_the_same_report(map_one: A
         ("2.8", "", ["|||D", "|||D"], ("result.retracted", "notice", "cancel", {"cancels": "LAB:FL1"})),
         ("2.8", "F", ["N|||W", "N|||F"], ("result.retracted", "notice", "cancel", {"cancels": "LAB:FL1"})),
         ("2.5", "", [], ("result.preliminary", "info", "new", {})),
+        # U: changed to final without retransmitting the values sent as preliminary.
+        ("2.5", "", ["N|||U"], ("result.final", "notice", "new", {})),
+        ("2.5", "", ["N|||U", "H|||F"], ("result.final", "warning", "new", {})),
+        ("2.6", "", ["N|||U", "N|||P"], ("result.preliminary", "info", "new", {})),
+        # OBR-25 X, or X on every line: no results, the test was cancelled; what was posted for it is struck.
+        ("2.5", "X", [], ("result.retracted", "notice", "cancel", {"cancels": "LAB:FL1"})),
+        ("2.5.1", "X", ["HH|||P"], ("result.retracted", "notice", "cancel", {"cancels": "LAB:FL1"})),
+        ("2.6", "", ["|||X", "|||X"], ("result.retracted", "notice", "cancel", {"cancels": "LAB:FL1"})),
+        ("2.6", "F", ["|||X", "N|||F"], ("result.final", "notice", "new", {})),
     ],
 )
 def test_r01_status_and_flag_variants(
@@ -407,3 +416,69 @@ def test_point_of_care_result_without_order_numbers_is_keyed_by_the_message(map_
     )
     assert event.subject is not None and event.subject.key == "POC42-1"
     assert (event.type, event.thread_key) == ("result.final", "pat:TESTHOSP:12345")
+
+
+def test_r01_cancelled_test_without_results_says_so_in_its_status(map_one: Any) -> None:
+    event = map_one(
+        f"""
+        {msh("R01", "2.5.1")}
+        {PID_ALPHA}
+        {PV1_ICU}
+        {obr(1, "FL1^LAB", "K^Potassium", "X")}
+        NTE|1||specimen haemolysed
+        """
+    )
+    assert golden(event) == result(
+        "result.retracted",
+        "notice",
+        "LAB:FL1",
+        "K",
+        "Potassium",
+        "X",
+        [],
+        lifecycle="cancel",
+        links={"cancels": "LAB:FL1"},
+    )
+
+
+def test_r01_each_correction_is_a_new_fact_even_back_to_an_earlier_value(map_one: Any) -> None:
+    # Corrected to 5.4 at 10:15, to 4.0 at 11:00, back to 5.4 at 12:00: three facts. The last one
+    # has the content of the first but its own report time (OBR-22), so it is not dropped.
+    def corrected(control: str, value: str, reported: str) -> ClinicalEvent:
+        return map_one(
+            f"""
+            {msh("R01", "2.6", control=control)}
+            {PID_ALPHA}
+            {PV1_ICU}
+            {obr(1, "FL1^LAB", "K^Potassium", "C", reported=reported)}
+            OBX|1|NM|K^Potassium||{value}|mmol/L|3.5-5.1||||C
+            """
+        )
+
+    first = corrected("C1", "5.4", "20240115101500")
+    second = corrected("C2", "4.0", "20240115110000")
+    third = corrected("C3", "5.4", "20240115120000")
+    assert [e.type.value for e in (first, second, third)] == ["result.corrected"] * 3
+    assert len({first.dedup_key, second.dedup_key, third.dedup_key}) == 3
+    # The same correction re-sent under a new control ID is the same fact.
+    assert corrected("C4", "5.4", "20240115120000").dedup_key == third.dedup_key
+
+
+def test_r01_the_same_critical_result_resent_from_another_bed_is_one_fact(map_one: Any) -> None:
+    # The patient moved from ICU to 4E between the two sends; the visit (the thread) and the report did not.
+    def critical(control: str, pv1: str) -> ClinicalEvent:
+        return map_one(
+            f"""
+            {msh("R01", "2.5.1", control=control)}
+            {PID_ALPHA}
+            {pv1}
+            {obr(1, "FL1^LAB", "K^Potassium", "F")}
+            OBX|1|NM|K^Potassium||7.0|mmol/L|3.5-5.1|HH|||F
+            """
+        )
+
+    in_icu = critical("C1", PV1_ICU)
+    on_ward = critical("C2", PV1_ICU.replace("ICU^12^A", "4E^136^B"))
+    assert (in_icu.type.value, on_ward.encounter.location.unit) == ("result.critical", "4E")
+    assert in_icu.thread_key == on_ward.thread_key == "enc:TESTHOSP:V555"
+    assert in_icu.dedup_key == on_ward.dedup_key

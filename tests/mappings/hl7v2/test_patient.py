@@ -171,7 +171,39 @@ def test_a40_merges_each_pid_mrg_group_and_names_both_identities(map_hl7: Any) -
         thread_key="pat:TESTHOSP:7000456",
         links={"replaces": "TESTHOSP|7000888", "replaced_by": "TESTHOSP|7000456"},
     )
-    assert alpha.dedup_key.split(":")[-2:-1] == ["1"] and beta.dedup_key.split(":")[-2:-1] == ["2"]
+    # "{type}:{thread_key}:{occurred_at}:{links.replaces}:{digest}": each merge is keyed by the identity it replaces.
+    assert alpha.dedup_key.split(":")[-2] == "TESTHOSP|7000999" and beta.dedup_key.split(":")[-2] == "TESTHOSP|7000888"
+
+
+def test_two_records_merged_into_one_survivor_at_the_same_time_are_two_facts(map_one: Any) -> None:
+    # Two A40s, each its own message, name the same survivor and the same EVN-2 time: only MRG-1 differs.
+    def merge(control: str, prior: str) -> Any:
+        text = "\n".join([msh("A40", "2.5.1"), "EVN|A40|20240201085500", PID_ALPHA, f"MRG|{prior}"])
+        return map_one(text.replace("|CTL-A40|", f"|{control}|"), mrn_authorities=SITE)
+
+    first, second = merge("C1", "7000999^^^TESTHOSP^MR"), merge("C2", "7000888^^^TESTHOSP^MR")
+    assert first.links["replaced_by"] == second.links["replaced_by"] == "TESTHOSP|7000123"
+    assert first.dedup_key != second.dedup_key
+    assert merge("C3", "7000999^^^TESTHOSP^MR").dedup_key == first.dedup_key  # the first re-sent
+
+
+@pytest.mark.parametrize(
+    ("mrg1", "authorities", "replaces"),
+    [
+        # No MR: never the social security number; the site's authority, else an untyped identifier.
+        ("123-45-6789^^^SSA^SS~7000999^^^TESTHOSP", (), "TESTHOSP|7000999"),
+        ("123-45-6789^^^SSA^SS~7000999^^^TESTHOSP", SITE, "TESTHOSP|7000999"),
+        ("P-1^^^TESTHOSP^PPN~7000999^^^TESTHOSP^PI", (), "TESTHOSP|7000999"),
+        # Only sensitive identifiers: the merge names no prior identity (MRG-4 is empty too).
+        ("123-45-6789^^^SSA^SS~D1234^^^DMV^DL", SITE, None),
+    ],
+)
+def test_a40_never_names_a_social_security_or_passport_number_as_the_prior_identity(
+    map_one: Any, mrg1: str, authorities: tuple[str, ...], replaces: str | None
+) -> None:
+    text = "\n".join([msh("A40", "2.5.1"), "EVN|A40|20240201085500", PID_ALPHA, f"MRG|{mrg1}"])
+    event = map_one(text, mrn_authorities=authorities)
+    assert event.links.get("replaces") == replaces
 
 
 def test_a40_without_site_authorities_takes_the_first_mr_of_each(map_one: Any) -> None:

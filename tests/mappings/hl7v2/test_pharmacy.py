@@ -162,38 +162,43 @@ def test_rde_o25_v28_refill_authorization_request_of_two_orders(map_hl7: Any) ->
 ORDERED = ("medication.ordered", "info", "new", {})
 CANCELLED = ("order.cancelled", "notice", "cancel", {"cancels": "CPOE:PL1"})
 CHANGED = ("order.changed", "info", "correct", {"corrects": "CPOE:PL1"})
+PROGRESS = ("order.changed", "info", "update", {})
 COMPLETED = ("order.completed", "info", "update", {})
 
 
 @pytest.mark.parametrize(
-    ("control", "status", "expected"),
+    ("control", "status", "expected", "subject_status"),
     [
-        ("NW", "", ORDERED),
-        ("RO", "", ORDERED),
-        ("CA", "", CANCELLED),
-        ("OC", "CA", CANCELLED),
-        ("CR", "CA", CANCELLED),
-        ("DC", "", CANCELLED),
-        ("OD", "DC", CANCELLED),
-        ("DR", "DC", CANCELLED),
-        ("SC", "DC", CANCELLED),
-        ("SC", "CM", COMPLETED),
-        ("SC", "HD", CHANGED),
-        ("XO", "", CHANGED),
-        ("XX", "IP", CHANGED),
-        ("XR", "IP", CHANGED),
-        ("RU", "RP", CHANGED),
-        ("OH", "HD", CHANGED),
-        ("OE", "IP", CHANGED),
-        ("OK", "IP", None),
-        ("RF", "", None),
-        ("AF", "", None),
-        ("DF", "", None),
-        ("FU", "", None),
-        ("OF", "", None),
-        ("UF", "", None),
-        ("UA", "", None),
-        ("DE", "", None),
+        ("NW", "", ORDERED, None),
+        ("RO", "", ORDERED, None),
+        # Cancelled (CA, OC, CR) or discontinued (DC, OD, DR): ORC-5 CA or DC, else the order control.
+        ("CA", "", CANCELLED, "CA"),
+        ("OC", "CA", CANCELLED, "CA"),
+        ("CR", "CA", CANCELLED, "CA"),
+        ("DC", "", CANCELLED, "DC"),
+        ("DC", "IP", CANCELLED, "DC"),
+        ("OD", "DC", CANCELLED, "DC"),
+        ("DR", "DC", CANCELLED, "DC"),
+        ("DR", "", CANCELLED, "DR"),
+        ("SC", "DC", CANCELLED, "DC"),
+        ("SC", "CM", COMPLETED, "CM"),
+        ("SC", "HD", CHANGED, "HD"),
+        ("SC", "IP", PROGRESS, "IP"),  # the pharmacy is at work on it: the order stands as ordered
+        ("XO", "", CHANGED, None),
+        ("XX", "IP", CHANGED, "IP"),
+        ("XR", "IP", CHANGED, "IP"),
+        ("RU", "RP", CHANGED, "RP"),
+        ("OH", "HD", CHANGED, "HD"),
+        ("OE", "IP", CHANGED, "IP"),
+        ("OK", "IP", None, None),
+        ("RF", "", None, None),
+        ("AF", "", None, None),
+        ("DF", "", None, None),
+        ("FU", "", None, None),
+        ("OF", "", None, None),
+        ("UF", "", None, None),
+        ("UA", "", None, None),
+        ("DE", "", None, None),
     ],
 )
 @pytest.mark.parametrize(("trigger", "version"), [("O11", "2.4"), ("O11", "2.6"), ("O25", "2.7")])
@@ -204,6 +209,7 @@ def test_order_control_and_status_decide_the_event(
     control: str,
     status: str,
     expected: tuple[str, str, str, dict[str, str]] | None,
+    subject_status: str | None,
 ) -> None:
     events = map_hl7(f"{msh(trigger, version)}\n{PID_ALPHA}\n{PV1_WARD}\n{orc(control, status=status)}\n{ENCODED}")
     if expected is None:
@@ -217,7 +223,7 @@ def test_order_control_and_status_decide_the_event(
             "CPOE:PL1",
             "AMOX500",
             "Amoxicillin 500 mg capsule",
-            status or None,
+            subject_status,
             "500 milligram Oral Q6H",
         ),
         "12345",
@@ -261,3 +267,21 @@ def test_the_same_change_resent_is_one_fact_and_a_new_change_another(map_one: An
     first, resent, other = mapped("C1", "XO", "500"), mapped("C2", "XO", "500"), mapped("C3", "XO", "1000")
     assert first.dedup_key == resent.dedup_key != other.dedup_key
     assert mapped("C4", "NW", "500").dedup_key == mapped("C5", "NW", "1000").dedup_key
+
+
+def test_a_change_back_to_an_earlier_state_is_a_new_fact(map_one: Any) -> None:
+    # Held, released, held again: the third message has the content of the first but its own
+    # transaction time (ORC-9), so it is not dropped as a duplicate; the same message re-sent
+    # under a new control ID keeps its time and is.
+    def mapped(control: str, order_control: str, status: str, at: str) -> ClinicalEvent:
+        return map_one(
+            f"{msh('O11', '2.5', control=control)}\n{PID_ALPHA}\n{PV1_WARD}\n"
+            f"ORC|{order_control}|PL1^CPOE|RX1^PHARM||{status}||||{at}\n{ENCODED}"
+        )
+
+    held = mapped("C1", "HD", "HD", "20240115110000")
+    released = mapped("C2", "RL", "IP", "20240115120000")
+    held_again = mapped("C3", "HD", "HD", "20240115130000")
+    assert [e.type.value for e in (held, released, held_again)] == ["order.changed"] * 3
+    assert len({held.dedup_key, released.dedup_key, held_again.dedup_key}) == 3
+    assert mapped("C4", "HD", "HD", "20240115130000").dedup_key == held_again.dedup_key
