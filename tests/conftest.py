@@ -8,6 +8,7 @@ print or snapshot what they build without disclosing anything.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 import bridge.fhir.mapping
 import bridge.mapping
@@ -134,6 +136,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "off_catalogue(reason): the test's own synthetic mapping makes events outside the catalogue on purpose"
         " (a mapping-engine test); they are not validated against the catalogue's JSON Schemas",
     )
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """Undo what a CLI command run in-process did to logging (``configure`` sets global levels).
+
+    Regression: ``simulate`` sets the level to error; later tests capturing warnings saw nothing.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
