@@ -60,7 +60,7 @@ class EventType(StrEnum):
     ENCOUNTER_DISCHARGED = "encounter.discharged"
     #: ADT^A16: a discharge is planned (bed management).
     ENCOUNTER_DISCHARGE_PENDING = "encounter.discharge_pending"
-    #: ADT^A11, A12, A13, A25, A26, A27, A38, A52, A53 (FHIR Encounter cancelled / entered-in-error):
+    #: ADT^A11, A12, A13, A25, A26, A27, A38, A52 (FHIR Encounter cancelled / entered-in-error):
     #: strikes what it cancels.
     ENCOUNTER_CANCELLED = "encounter.cancelled"
     #: ADT^A21 (leaves; lifecycle new), A22 (returns; lifecycle update, a reply in the thread).

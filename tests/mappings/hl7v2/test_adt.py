@@ -174,7 +174,6 @@ CANCEL = "cancel"
         ("A27", "2.5.1", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.preadmitted"}),
         ("A38", "2.8", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.preadmitted"}),
         ("A52", "2.3", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.leave_of_absence"}),
-        ("A53", "2.4", "encounter.cancelled", "notice", CANCEL, {"cancels": "encounter.leave_of_absence"}),
         ("A54", "2.5.1", "encounter.updated", "info", "new", {}),
         ("A55", "2.6", "encounter.updated", "info", "new", {}),
         ("A61", "2.7", "encounter.updated", "info", "new", {}),
@@ -353,10 +352,11 @@ def test_account_number_threads_the_visit_without_pv1_19(map_one: Any) -> None:
     assert event.encounter.location.model_dump() == {"facility": "TESTHOSP", "unit": "ED", "room": None, "bed": None}
 
 
-@pytest.mark.parametrize("trigger", ["A20", "A23", "A24", "A32", "A33", "A37"])
+@pytest.mark.parametrize("trigger", ["A20", "A23", "A24", "A32", "A33", "A37", "A53"])
 def test_triggers_without_a_patient_event_make_none(map_hl7: Any, parse_hl7: Any, mapper: Any, trigger: str) -> None:
     # A20 bed status (no patient), A23 delete a visit record (housekeeping), A24/A37 link/unlink records,
-    # A32/A33 cancel a tracking move (a reply no cancellation can name: it would strike the last real transfer).
+    # A32/A33 cancel a tracking move, A53 a return from leave (replies no cancellation can name: they would
+    # strike the last real transfer, or the leave itself).
     text = visit_message(trigger, "2.5.1")
     assert map_hl7(text) == []
     assert not mapper.matches(parse_hl7(text))
