@@ -10,7 +10,10 @@ level removed.
 The template language is logic-less, and so sandboxed by construction:
 ``{placeholder}`` from a fixed list and optional ``[ ... ]`` parts, nothing
 else (no expressions, no attribute access, no code). A site can reword
-anything without being able to reach a value the list does not offer.
+anything without being able to reach a value the list does not offer. A
+wording may have variants by the subject's status (``by_status``: a list of
+status codes and the title or summary for them), a lookup rather than logic:
+an order discontinued (DC) does not read as one cancelled.
 
 Every level shows the minimum: the event, the location down to room and bed,
 what happened, the severity and the time. What each level adds or removes:
@@ -183,6 +186,7 @@ _PLACEHOLDERS = frozenset(
         "subject_status",
         "detail",
         "start",
+        "end",
         "observations",
         "abnormal_observations",
         "critical_observations",
@@ -282,6 +286,13 @@ class _Fact:
 class _Wording:
     title: _Text
     summary: _Text
+    #: ``by_status``: (statuses, wording) in file order; statuses casefolded.
+    by_status: tuple[tuple[frozenset[str], _Wording], ...] = ()
+
+    def for_status(self, status: str | None) -> _Wording:
+        """The wording for a subject of ``status``: the first ``by_status`` item that lists it, else this one."""
+        key = (status or "").strip().casefold()
+        return next((wording for statuses, wording in self.by_status if key in statuses), self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +350,7 @@ class Templates:
         A site file is layered key by key (``bridge.mapping.layer``): an event type's
         entry changes only in the keys the site gives; a site file for a locale that
         is not bundled is a new locale, complete on its own. ``timezone`` is where
-        ``{time}`` and ``{start}`` are told. Raises MappingError naming the file (the
+        ``{time}``, ``{start}`` and ``{end}`` are told. Raises MappingError naming the file (the
         last one layered) and the JSON path.
         """
         files: dict[str, list[Path]] = {}
@@ -441,9 +452,22 @@ def _compile_entry(spec: dict[str, Any], source: str, where: str) -> _Entry:
 
 
 def _compile_wording(spec: dict[str, Any], source: str, where: str) -> _Wording:
+    # A by_status item replaces the title, the summary or both; what it does not give is the wording's own.
+    by_status = tuple(
+        (
+            frozenset(status.strip().casefold() for status in item["status"]),
+            _compile_wording(
+                {"title": item.get("title", spec["title"]), "summary": item.get("summary", spec.get("summary", ""))},
+                source,
+                f"{where}.by_status[{i}]",
+            ),
+        )
+        for i, item in enumerate(spec.get("by_status", ()))
+    )
     return _Wording(
         title=_compile_text(spec["title"], source, f"{where}.title", _PLACEHOLDERS),
         summary=_compile_text(spec.get("summary", ""), source, f"{where}.summary", _PLACEHOLDERS),
+        by_status=by_status,
     )
 
 
@@ -504,7 +528,7 @@ def _cancels(link: str | None, names: dict[str, str]) -> str | None:
 
 
 def _when(text: str | None, formats: dict[str, str], zone: tzinfo) -> str | None:
-    """An ISO date or date-time in the locale's format; a naive time is taken to be the deployment's."""
+    """An ISO date or date-time in the locale's format; a date as it is, a time told in ``zone`` (see _moment)."""
     if not text:
         return None
     try:
@@ -512,9 +536,25 @@ def _when(text: str | None, formats: dict[str, str], zone: tzinfo) -> str | None
     except ValueError:
         return text
     if len(text) <= 10:
-        return value.strftime(formats["date"])
-    value = value.replace(tzinfo=zone) if value.tzinfo is None else value.astimezone(zone)
-    return value.strftime(formats["time"])
+        # A date is a day, wherever it is read: never shifted by a time zone.
+        return _moment(value, formats["date"], None)
+    return _moment(value, formats["time"], zone)
+
+
+def _moment(value: datetime, fmt: str, zone: tzinfo | None) -> str:
+    """``value`` in ``zone`` (None: as it is), in the locale's format ``fmt``.
+
+    HL7 mapping gives times without offset the sender's zone, so a naive time is rare (a FHIR
+    dateTime without offset, an event made by hand): it is taken to be in ``zone`` already. A
+    time the zone cannot hold (year 9999 told west of UTC) is shown in ISO 8601 as it is: a post
+    must never fail over the way a time is told.
+    """
+    try:
+        if zone is not None:
+            value = value.replace(tzinfo=zone) if value.tzinfo is None else value.astimezone(zone)
+        return value.strftime(fmt)
+    except (OverflowError, ValueError):
+        return value.isoformat()
 
 
 def _values(event: ClinicalEvent, level: PhiLevel, loc: _Locale, zone: tzinfo) -> dict[str, str | None]:
@@ -542,6 +582,7 @@ def _values(event: ClinicalEvent, level: PhiLevel, loc: _Locale, zone: tzinfo) -
         "subject_status": subject.status if subject is not None else None,
         "detail": subject.detail if subject is not None else None,
         "start": _when(subject.start, loc.formats, zone) if subject is not None else None,
+        "end": _when(subject.end, loc.formats, zone) if subject is not None else None,
         "observations": _join([_observation_line(o) for o in observations]),
         "abnormal_observations": _join([_observation_line(o) for o in observations if _is_abnormal(o)]),
         "critical_observations": _join([_observation_line(o) for o in observations if o.critical]),
@@ -550,7 +591,7 @@ def _values(event: ClinicalEvent, level: PhiLevel, loc: _Locale, zone: tzinfo) -
         "merged_into": _identity(event.links.get("replaced_by")),
         "severity": loc.severities.get(event.severity.value, event.severity.value),
         "type": event.type.value,
-        "time": event.occurred_at.astimezone(zone).strftime(loc.formats["time"]),
+        "time": _moment(event.occurred_at, loc.formats["time"], zone),
     }
 
 
@@ -593,6 +634,7 @@ def compose(
         title, summary, fact_specs = view.type.value, "", loc.facts
     else:
         wording = entry.wording.get(view.lifecycle, entry.wording[Lifecycle.NEW])
+        wording = wording.for_status(view.subject.status if view.subject is not None else None)
         title, summary = _sentence(wording.title.render(values)), _sentence(wording.summary.render(values))
         fact_specs = entry.facts if entry.facts is not None else loc.facts
     facts: list[tuple[str, str]] = []

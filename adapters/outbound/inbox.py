@@ -3,6 +3,11 @@
 This is the sink ``make run`` uses with no configuration, so a new user sees
 events arrive without any chat workspace. The page polls ``/api/inbox`` once
 a second for items after the last one it has.
+
+The feed and the page show what the channel's PHI level allows. The console
+line goes to standard output, which is a log: it shows only what a ``none``
+channel shows of any event (its feed id, severity, type and location), never
+the wording, which may hold initials, the MRN's last 4 or free text.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ class InboxConfig(ChannelConfig):
     type: Literal["inbox"] = "inbox"
     #: The inbox runs on the bridge's own host; LIMITED keeps names off screens nearby by default.
     phi: PhiLevel = PhiLevel.LIMITED
-    #: Print a one-line summary of each event to standard output.
+    #: Print one line per event to standard output: severity, type and location only (PHI ``none``).
     console: bool = True
 
     @model_validator(mode="after")
     def _console_is_a_log(self) -> InboxConfig:
-        # Standard output ends up in the container log, where full PHI must never go.
+        # Standard output ends up in the container log. The console line shows PHI none content
+        # only; a full-PHI channel keeps it off besides, so no change of the line can leak full PHI.
         if self.console and self.phi is PhiLevel.FULL:
             raise ValueError("console: true writes to the log; use phi none or limited, or console: false")
         return self
@@ -69,8 +75,7 @@ class InboxAdapter:
     async def send(self, payload: dict[str, Any]) -> SendResult:
         feed_id = await self.store.inbox_append(payload["delivery_id"], payload)
         if self.config.console:
-            severity = str(payload["severity"]).upper()
-            sys.stdout.write(f"[inbox #{feed_id}] {severity:<8} {payload['type']:<32} {payload['text']}\n")
+            sys.stdout.write(_console_line(feed_id, payload) + "\n")
             sys.stdout.flush()
         return SendResult(external_id=str(feed_id))
 
@@ -92,6 +97,18 @@ class InboxAdapter:
             return _PAGE
 
         return router
+
+
+def _console_line(feed_id: int, payload: dict[str, Any]) -> str:
+    """The console line of a feed item: PHI level ``none`` content only, whatever the channel's level.
+
+    Severity, event type and location (which every level shows, down to room and
+    bed); not the title, summary or facts, which carry what the channel's level
+    allows (initials, the MRN's last 4, result values, free text).
+    """
+    severity = str(payload["severity"]).upper()
+    where = payload.get("location") or ""
+    return f"[inbox #{feed_id}] {severity:<8} {payload['type']:<32} {where}".rstrip()
 
 
 _PAGE = (resources.files(__package__) / "inbox.html").read_text(encoding="utf-8")

@@ -233,7 +233,10 @@ class SlackAdapter:
         """The Web API call for ``post``. Pure: the same post always gives the same call."""
         lifecycle = post.event.lifecycle
         label = post.label if lifecycle in _LABEL_ICON else None
-        prefix = f"{_mrkdwn(label, MAX_HEADER_TEXT)}: " if label else ""
+        # The fallback text (notifications) leads with the label, unless the title already says it:
+        # "Corrected result: …", not "Corrected: Corrected result: …". The blocks always show the label.
+        said = label is not None and label.casefold() in post.title.casefold()
+        prefix = f"{_mrkdwn(label, MAX_HEADER_TEXT)}: " if label and not said else ""
         room = MAX_TEXT - len(prefix)
         channel = self._config.channel
         if post.original_ref is not None and lifecycle in _LABEL_ICON:

@@ -304,6 +304,131 @@ def test_an_appointment_start_is_formatted_in_the_deployment_time_zone(make_even
     assert dict(compose(event, PhiLevel.NONE, berlin)[2])["Starts"] == shown
 
 
+def test_an_appointment_end_is_a_placeholder_formatted_like_the_start(make_event: Any) -> None:
+    berlin = Templates.load(timezone=ZoneInfo("Europe/Berlin"))
+    subject = Subject(kind="appointment", start="2024-07-01T06:30:00+00:00", end="2024-07-01T09:00:00")
+    event = make_event(type=EventType.APPOINTMENT_RESCHEDULED, lifecycle=Lifecycle.CORRECT, subject=subject)
+    _, summary, facts = compose(event, PhiLevel.NONE, berlin)
+    assert (dict(facts)["Starts"], dict(facts)["Ends"]) == ("2024-07-01 08:30 CEST", "2024-07-01 09:00 CEST")
+    assert "to 2024-07-01 08:30 CEST (until 2024-07-01 09:00 CEST)" in summary
+    # Without an end the optional part goes, and so does the line.
+    without = make_event(type=EventType.APPOINTMENT_BOOKED, subject=subject.model_copy(update={"end": None}))
+    assert "Ends" not in dict(compose(without, PhiLevel.NONE, berlin)[2])
+
+
+# --- wording by the subject's status (by_status) ---------------------------------------------------
+
+
+def order_cancelled(make_event: Any, status: str | None) -> ClinicalEvent:
+    return make_event(
+        type=EventType.ORDER_CANCELLED,
+        lifecycle=Lifecycle.CANCEL,
+        links={"cancels": "TESTHOSP:ORD9"},
+        subject=Subject(kind="order", key="TESTHOSP:ORD9", code="CBC", text="Blood count", status=status),
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "locale", "title", "summary"),
+    [
+        # Cancelled (ORC-1 CA, OC, CR; FHIR cancelled, entered in error): it never held.
+        ("CA", "en", "Order cancelled: Blood count", "Blood count was cancelled; disregard the earlier order notice."),
+        (None, "en", "Order cancelled: Blood count", "Blood count was cancelled; disregard the earlier order notice."),
+        # Discontinued: the order held until now; nobody is told to disregard it.
+        (
+            "DC",
+            "en",
+            "Order discontinued: Blood count",
+            "Blood count was discontinued: it held until now and no longer applies from now on.",
+        ),
+        ("od", "en", "Order discontinued: Blood count", None),  # codes match whatever their case
+        ("revoked", "en", "Order discontinued: Blood count", None),  # a FHIR status as sent
+        (
+            "DC",
+            "de",
+            "Anforderung abgesetzt: Blood count",
+            "Blood count: abgesetzt; galt bis jetzt, ab jetzt nicht mehr.",
+        ),
+        ("CA", "de", "Anforderung storniert: Blood count", None),
+    ],
+)
+def test_an_order_discontinued_does_not_read_as_one_cancelled(
+    make_event: Any, templates: Templates, status: str | None, locale: str, title: str, summary: str | None
+) -> None:
+    got = compose(order_cancelled(make_event, status), PhiLevel.NONE, templates, locale=locale)
+    assert got[0].startswith(title), got[0]
+    if summary is not None:
+        assert got[1] == summary
+    if status is not None and status.upper() in ("DC", "OD", "DR", "REVOKED"):
+        assert "disregard" not in got[1] and "hinfällig" not in got[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "title", "summary"),
+    [
+        # Not authenticated (TXA-17 DI, DO, IP, IN, PA; FHIR preliminary, registered, partial).
+        *(
+            (s, "Document in progress: Discharge summary", "Not authenticated yet, its content may still change.")
+            for s in ("DI", "DO", "IP", "IN", "PA", "preliminary", "registered", "partial")
+        ),
+        ("AU", "Document available: Discharge summary", "Ready to read in the record."),
+        ("LA", "Document available: Discharge summary", "Ready to read in the record."),
+        ("final", "Document available: Discharge summary", "Ready to read in the record."),
+        (None, "Document available: Discharge summary", "Ready to read in the record."),
+    ],
+)
+def test_a_document_not_authenticated_yet_is_not_ready_to_read(
+    make_event: Any, templates: Templates, status: str | None, title: str, summary: str
+) -> None:
+    subject = Subject(kind="document", key="DOC1", code="DS", text="Discharge summary", status=status)
+    event = make_event(type=EventType.DOCUMENT_AVAILABLE, subject=subject)
+    assert compose(event, PhiLevel.NONE, templates)[:2] == (title, summary)
+
+
+def test_by_status_of_a_lifecycle_variant_words_that_lifecycle_only(make_event: Any, templates: Templates) -> None:
+    subject = Subject(kind="document", key="DOC1", code="DS", text="Discharge summary", status="AU")
+    available = make_event(type=EventType.DOCUMENT_AVAILABLE, subject=subject)
+    changed = make_event(
+        type=EventType.DOCUMENT_AVAILABLE, lifecycle=Lifecycle.CORRECT, links={"corrects": "DOC1"}, subject=subject
+    )
+    assert compose(available, PhiLevel.NONE, templates)[0] == "Document available: Discharge summary"
+    assert compose(changed, PhiLevel.NONE, templates)[0] == "Document authenticated: Discharge summary"
+    dictated = changed.model_copy(update={"subject": subject.model_copy(update={"status": "PA"})})
+    assert compose(dictated, PhiLevel.NONE, templates)[:2] == (
+        "Document status changed: Discharge summary",
+        "The document's status changed (PA); this replaces the earlier notice.",
+    )
+
+
+def test_a_by_status_item_keeps_what_it_does_not_give_and_the_first_match_wins(make_event: Any) -> None:
+    doc = bundled("en")
+    doc["events"]["order.cancelled"]["by_status"] = [
+        {"status": ["DC"], "summary": "Stopped[: {subject}]."},
+        {"status": ["dc", "CA"], "title": "Never shown for DC"},
+    ]
+    templates = Templates.from_documents({"en": doc})
+    title, summary, _ = compose(order_cancelled(make_event, "DC"), PhiLevel.NONE, templates)
+    assert (title, summary) == ("Order cancelled: Blood count · Bed ICU-101-A", "Stopped: Blood count.")
+    assert compose(order_cancelled(make_event, "CA"), PhiLevel.NONE, templates)[0] == "Never shown for DC"
+
+
+@pytest.mark.parametrize(
+    ("change", "json_path"),
+    [
+        ({"by_status": [{"status": ["DC"], "title": "{nope}"}]}, "$.events['order.placed'].by_status[0].title"),
+        ({"by_status": [{"status": ["DC"]}]}, "$.events['order.placed'].by_status[0]"),
+        ({"by_status": [{"status": [], "title": "x"}]}, "$.events['order.placed'].by_status[0].status"),
+    ],
+)
+def test_bad_by_status_items_are_rejected_naming_the_place(
+    tmp_path: Path, change: dict[str, Any], json_path: str
+) -> None:
+    folder = site_folder(tmp_path, "en", {"events": {"order.placed": change}})
+    with pytest.raises(MappingError) as caught:
+        Templates.load([folder])
+    assert caught.value.path == json_path
+
+
 def test_facts_with_types_appear_only_for_those_types(events: dict[str, ClinicalEvent], templates: Templates) -> None:
     assert ("Order", "Blood count") in compose(events["ORM NW"], PhiLevel.NONE, templates)[2]
     assert [label for label, _ in compose(events["ORU final"], PhiLevel.NONE, templates)[2] if label == "Order"] == []
@@ -465,3 +590,88 @@ def test_a_channel_kind_override_is_checked_like_any_entry(tmp_path: Path) -> No
 def test_templates_schema_event_types_are_the_catalogue() -> None:
     schema = json.loads((TEMPLATES / "schema.json").read_text(encoding="utf-8"))
     assert set(schema["$defs"]["eventType"]["enum"]) == {t.value for t in EventType}
+
+
+# --- times: the sender's zone in, the site's zone out (review #4 findings 11 and 17) ----------------------
+
+A01_AT_8 = (
+    "MSH|^~\\&|ADT|HOSP|X|Y|20261122080000||ADT^A01|c1|P|2.5",
+    "EVN|A01|20261122080000",
+    "PID|1||MRN1^^^HOSP^MR||Testpatient^Alpha||19800101|F",
+    "PV1|1|I|4E^12^1^HOSP||||||||||||||||V1^^^HOSP",
+)
+S12_AT_14 = (
+    "MSH|^~\\&|S|HOSP|X|Y|20261122080000||SIU^S12|c2|P|2.5",
+    "SCH|A1^S|A1^S|||||ECHO^Echo||||||||||||||||||Booked",
+    "PID|1||MRN1^^^HOSP^MR||Testpatient^Alpha||19800101|F",
+    "AIS|1||ECHO^Echo|20261203140000",
+)
+RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_local_hl7_times_are_shown_as_the_sender_wrote_them_in_the_sites_zone() -> None:
+    # The review's repro (/tmp/rev/t2.py): at Europe/Berlin an A01 at EVN 08:00 showed 09:00.
+    from bridge.config import parse_config
+    from bridge.mapping import MappingOptions
+
+    settings = parse_config({"templates": {"timezone": "Europe/Berlin"}}, env={})
+    mapper = Mapper.load(MappingOptions.from_config(settings.mapping))
+    berlin = Templates.load(timezone=settings.templates.zone)
+    shown: dict[str, dict[str, str]] = {}
+    for name, segments in (("admission", A01_AT_8), ("booking", S12_AT_14)):
+        raw = ("\r".join(segments) + "\r").encode()
+        (event,) = mapper.map_hl7(parse(raw), message_id=name, source="urn:test", received_at=RECEIVED, origin={})
+        shown[name] = dict(compose(event, PhiLevel.FULL, berlin)[2])
+    assert shown["admission"]["Time"] == "2026-11-22 08:00 CET"
+    assert shown["booking"]["Starts"] == "2026-12-03 14:00 CET"
+    assert shown["booking"]["Time"] == "2026-11-22 08:00 CET"
+
+
+@pytest.mark.parametrize(
+    ("zone", "occurred_at", "start", "time", "starts"),
+    [
+        pytest.param(
+            "Pacific/Kiritimati",
+            datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
+            "9999-12-31T23:00:00+00:00",
+            "9999-12-31T23:00:00+00:00",
+            "9999-12-31T23:00:00+00:00",
+            id="year-10000-east",
+        ),
+        pytest.param(
+            "America/New_York",
+            datetime(1, 1, 1, 1, 0, tzinfo=UTC),
+            "0001-01-01T00:00:00+14:00",
+            "0001-01-01T01:00:00+00:00",
+            "0001-01-01T00:00:00+14:00",
+            id="year-0-west",
+        ),
+        pytest.param(
+            "Europe/Berlin",
+            datetime(2024, 7, 1, 8, 30),  # naive: taken to be in the site's zone
+            "9999-12-31T23:59:59-14:00",
+            "2024-07-01 08:30 CEST",
+            "9999-12-31T23:59:59-14:00",
+            id="naive-and-year-10000-west",
+        ),
+    ],
+)
+def test_compose_never_fails_on_a_time_the_zone_cannot_hold(
+    make_event: Any, zone: str, occurred_at: datetime, start: str, time: str, starts: str
+) -> None:
+    # /tmp/rev/sim4: compose raised OverflowError, the worker retried and dead-lettered, simulate crashed.
+    templates = Templates.load(timezone=ZoneInfo(zone))
+    event = make_event(
+        type=EventType.APPOINTMENT_BOOKED,
+        occurred_at=occurred_at,
+        subject=Subject(kind="appointment", start=start),
+    )
+    facts = dict(compose(event, PhiLevel.NONE, templates)[2])
+    assert (facts["Time"], facts["Starts"]) == (time, starts)
+
+
+def test_a_date_is_never_shifted_by_a_time_zone(make_event: Any) -> None:
+    # A FHIR dateTime without a time (Appointment or Encounter.period) is a day in every zone.
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        event = make_event(type=EventType.APPOINTMENT_BOOKED, subject=Subject(kind="appointment", start="2024-07-01"))
+        assert dict(compose(event, PhiLevel.NONE, Templates.load(timezone=ZoneInfo(zone)))[2])["Starts"] == "2024-07-01"

@@ -41,7 +41,7 @@ from bridge.events import (
     Person,
     Subject,
 )
-from bridge.mapping import mappings_dir
+from bridge.mapping import layer, mappings_dir
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "compose"
 UPDATE = os.environ.get("UPDATE_SNAPSHOTS") == "1"
@@ -180,6 +180,42 @@ def cases() -> list[tuple[EventSpec, Stage]]:
     return [(spec, stage) for spec in catalogue().types.values() for stage in spec.stages]
 
 
+_VARIANT_KEYS = {Lifecycle.CANCEL: "cancelled", Lifecycle.CORRECT: "corrected", Lifecycle.UPDATE: "updated"}
+
+
+def worded_statuses(locale: str, spec: EventSpec, stage: Stage, kind: str | None = None) -> list[str]:
+    """The first status of each ``by_status`` item of the wording ``spec`` at ``stage`` uses (bundled file)."""
+    doc = bundled(locale)
+    entry = doc["events"].get(spec.type.value, {})
+    if kind is not None:
+        entry = layer(entry, doc["channels"][kind]["events"].get(spec.type.value, {}))
+    wording = entry.get(_VARIANT_KEYS.get(stage.lifecycle, ""), entry)
+    return [item["status"][0] for item in wording.get("by_status", ())]
+
+
+def with_status(event: ClinicalEvent, status: str | None) -> ClinicalEvent:
+    """``event`` whose subject has ``status`` (None: no status)."""
+    assert event.subject is not None
+    return event.model_copy(update={"subject": event.subject.model_copy(update={"status": status})})
+
+
+def worded(event: ClinicalEvent, statuses: list[str]) -> list[tuple[str | None, ClinicalEvent]]:
+    """``event`` as it is, or, when its wording words statuses apart: without a status (the default
+    wording), then with the first status of each ``by_status`` item."""
+    if not statuses:
+        return [(None, event)]
+    return [(status or "none", with_status(event, status)) for status in (None, *statuses)]
+
+
+def worded_cases(locale: str) -> list[tuple[EventSpec, Stage, ClinicalEvent]]:
+    """Every type and lifecycle with its canaries, once per subject status its wording words apart."""
+    return [
+        (spec, stage, event)
+        for spec, stage in cases()
+        for _, event in worded(canary(spec, stage), worded_statuses(locale, spec, stage))
+    ]
+
+
 def rich(spec: EventSpec, stage: Stage) -> ClinicalEvent:
     return build(
         spec,
@@ -211,12 +247,13 @@ def rendered(templates: Templates, locale: str, level: PhiLevel) -> str:
         for spec, stage in cases():
             if types is not None and spec.type.value not in types:
                 continue
-            event = rich(spec, stage)
-            title, summary, facts = compose(event, level, templates, locale=locale, kind=kind)
-            label = templates.label(event.lifecycle, locale)
-            head = f"== {spec.type.value} · {stage.lifecycle.value}"
-            head += (f" · label: {label}" if label else "") + (f" · channel kind: {kind}" if kind else "")
-            lines += ["", head, title, summary or "(no summary)", *(f"  {name}: {value}" for name, value in facts)]
+            for status, event in worded(rich(spec, stage), worded_statuses(locale, spec, stage, kind)):
+                title, summary, facts = compose(event, level, templates, locale=locale, kind=kind)
+                label = templates.label(event.lifecycle, locale)
+                head = f"== {spec.type.value} · {stage.lifecycle.value}"
+                head += f" · status: {status}" if status else ""
+                head += (f" · label: {label}" if label else "") + (f" · channel kind: {kind}" if kind else "")
+                lines += ["", head, title, summary or "(no summary)", *(f"  {name}: {value}" for name, value in facts)]
     return "\n".join(lines) + "\n"
 
 
@@ -321,8 +358,7 @@ IDENTIFYING = (FAMILY, GIVEN, MRN, PRIOR_MRN, OTHER_ID, "55555", VISIT, BIRTH, "
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_none_leaks_no_name_mrn_identifier_visit_or_birth_date(templates: Templates, locale: str) -> None:
-    for spec, stage in cases():
-        event = canary(spec, stage)
+    for spec, stage, event in worded_cases(locale):
         text = shown(event, PhiLevel.NONE, templates, locale)
         for secret in (*IDENTIFYING, MRN_TAIL, PRIOR_TAIL, "Z.Z.", ATTENDING, VALUE, DETAIL):
             assert secret not in text, (spec.type.value, stage.lifecycle.value, secret)
@@ -331,8 +367,7 @@ def test_none_leaks_no_name_mrn_identifier_visit_or_birth_date(templates: Templa
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_limited_shows_only_initials_and_the_last_4_of_the_mrn(templates: Templates, locale: str) -> None:
-    for spec, stage in cases():
-        event = canary(spec, stage)
+    for spec, stage, event in worded_cases(locale):
         text = shown(event, PhiLevel.LIMITED, templates, locale)
         for secret in (*IDENTIFYING, "5555"):
             assert secret not in text, (spec.type.value, stage.lifecycle.value, secret)

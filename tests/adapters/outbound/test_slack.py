@@ -235,6 +235,39 @@ def test_the_label_is_the_posts_own_wording_so_a_german_channel_reads_german(
     assert "Cancelled" not in _block_texts(call.body["blocks"]) + call.body["text"]
 
 
+@pytest.mark.parametrize(
+    ("lifecycle", "label", "title", "original_ref"),
+    [
+        (Lifecycle.CORRECT, "Corrected", "Corrected result: Potassium", "1700000000.000200"),
+        (Lifecycle.CORRECT, "Corrected", "Corrected result: Potassium", None),
+        (Lifecycle.CORRECT, "Korrigiert", "Befund korrigiert: Kalium", "1700000000.000200"),
+        (Lifecycle.CANCEL, "Cancelled", "Order cancelled: Blood count", None),
+    ],
+)
+def test_the_fallback_text_does_not_repeat_a_label_the_title_already_says(
+    adapter: SlackAdapter, lifecycle: Lifecycle, label: str, title: str, original_ref: str | None
+) -> None:
+    call = adapter.render(
+        _post(lifecycle=lifecycle, title=title, summary="as before", original_ref=original_ref, label=label)
+    )
+    text = call.body["text"].replace("~", "")
+    assert text == f"{title}: as before"
+    assert text.casefold().count(label.casefold()) == 1
+    # The blocks carry the label all the same.
+    assert _context_texts(call.body["blocks"])[0].endswith(f"*{label}*")
+
+
+def test_the_fallback_text_leads_with_the_label_when_the_title_does_not_say_it(adapter: SlackAdapter) -> None:
+    post = _post(
+        lifecycle=Lifecycle.CORRECT,
+        title="Appointment rescheduled: Cardiology",
+        summary="moved",
+        original_ref="1700000000.000200",
+        label="Corrected",
+    )
+    assert adapter.render(post).body["text"] == "Corrected: Appointment rescheduled: Cardiology: moved"
+
+
 def test_without_a_label_a_correction_still_edits_the_original_post(adapter: SlackAdapter) -> None:
     call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref="1700000000.000200"))
     assert call.method == "chat.update"

@@ -74,11 +74,12 @@ def base(context_patient: dict[str, Any]) -> dict[str, Any]:
             "kind": "appointment",
             "key": "Appointment/a1",
             "code": "cardio",
-            "text": "Cardiology follow-up",
+            # The coded service as named; the description is free text: detail only.
+            "text": "Cardio",
             "status": "booked",
             "start": "2024-02-01T09:00:00Z",
             "end": "2024-02-01T09:30:00Z",
-            "detail": None,
+            "detail": "Cardiology follow-up",
         },
         "patient": context_patient,
         "encounter": {
@@ -163,7 +164,7 @@ def test_another_time_reschedules_the_booking(
     ("change", "subject", "attending"),
     [
         ({"clinician": ("Practitioner/d2", "Dr Other Doctor")}, {}, "Dr Other Doctor"),
-        ({"service": "angio"}, {"code": "angio"}, "Dr Test Doctor"),
+        ({"service": "angio"}, {"code": "angio", "text": "Angio"}, "Dr Test Doctor"),
         ({"reason": "Chest pain"}, {}, "Dr Test Doctor"),
     ],
 )

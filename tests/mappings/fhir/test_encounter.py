@@ -238,10 +238,11 @@ def test_leave_of_absence_and_return(
     )
     returned = encounter(version, back["status"], subject_status=back.get("subject_status"), version_id="3")
     reply = map_one(returned, previous=away, context=fhir_context(version))
+    # Notice, as HL7 A22: the ward has the patient back.
     assert fields(reply) == expect(
         base,
         type="encounter.leave_of_absence",
-        severity="info",
+        severity="notice",
         lifecycle="update",
         dedup_key="encounter.leave_of_absence:Encounter/e1/_history/3",
     )

@@ -193,6 +193,24 @@ def test_the_obsolete_record_linking_forward_is_a_merge_naming_both_identities(
     )
 
 
+def test_merge_links_name_the_sites_mrn_system_as_the_patient_mrn_does(map_one: Any) -> None:
+    # The MR-typed identifier is urn:test:mrn, but the site's MRN system is the other one: the
+    # links name the same identity as patient.mrn, so a receiver can match them.
+    survivor = patient("new", "222", link=[{"other": {"reference": "Patient/old"}, "type": "replaces"}])
+    before = patient("old", "111")
+    gone = changed(before, active=False, link=[{"other": {"reference": "Patient/new"}, "type": "replaced-by"}])
+    sites = ["urn:test:nowhere", "urn:test:insurance"]
+    event = map_one(gone, previous=before, context={"Patient/new": survivor}, mrn_authorities=sites)
+    assert event.patient.mrn is not None
+    assert (event.patient.mrn.authority, event.patient.mrn.value) == ("urn:test:insurance", "X222")
+    assert event.links == {"replaced_by": "urn:test:insurance|X222", "replaces": "urn:test:insurance|X111"}
+    # The first of the site's systems wins, whatever the order of the identifiers in the record.
+    first = map_one(
+        gone, previous=before, context={"Patient/new": survivor}, mrn_authorities=["urn:test:mrn", "urn:test:insurance"]
+    )
+    assert first.links == {"replaced_by": "urn:test:mrn|222", "replaces": "urn:test:mrn|111"}
+
+
 def test_a_forward_link_by_identifier_alone_is_enough(map_one: Any) -> None:
     link = [{"other": {"identifier": {"system": "urn:test:mrn", "value": "222"}}, "type": "replaced-by"}]
     event = map_one(patient("old", "111", active=False, link=link))

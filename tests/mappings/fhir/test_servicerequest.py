@@ -125,7 +125,9 @@ def test_a_change_of_a_placed_order_edits_its_post(
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(
-    ("before", "status", "code"), [("active", "revoked", "CA"), ("on-hold", "entered-in-error", "ER")]
+    # Revoked: terminated before completion, so discontinued (ORC-5 DC); entered in error: never valid.
+    ("before", "status", "code"),
+    [("active", "revoked", "DC"), ("on-hold", "entered-in-error", "ER")],
 )
 def test_a_revoked_order_strikes_its_post(
     version: str,
