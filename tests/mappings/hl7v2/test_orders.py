@@ -111,7 +111,6 @@ def test_orm_v23_new_order_is_placed(map_one: Any) -> None:
         ("2.4", "RXO|AMOX500^Amoxicillin 500 mg^LOCAL|500||mg", "AMOX500", "Amoxicillin 500 mg"),  # pharmacy order
         ("2.5", "ODS|D||NPO^Nothing by mouth^LOCAL", "NPO", "Nothing by mouth"),  # diet order
         ("2.6", "RQD|1|HIP1^Hip implant^LOCAL", "HIP1", "Hip implant"),  # non-stock requisition
-        ("2.6", "ODS|P|||no pork", None, "no pork"),  # a preference: only a text instruction
     ],
 )
 def test_orm_order_details_other_than_obr_give_what_is_ordered(
@@ -128,6 +127,13 @@ def test_orm_order_details_other_than_obr_give_what_is_ordered(
         THREAD,
         AT,
     )
+
+
+def test_a_diets_free_text_instruction_is_detail_never_the_text(map_one: Any) -> None:
+    # ODS-4 is free text (it may name anyone); channels below full PHI never see the detail.
+    event = map_one(f"{msh('ORM', 'O01', '2.6')}\n{PID_ALPHA}\n{PV1_WARD}\n{orc('NW')}\nODS|P|||no pork~halal")
+    assert event.subject is not None
+    assert (event.subject.code, event.subject.text, event.subject.detail) == (None, None, "no pork; halal")
 
 
 # --- order controls and statuses ---------------------------------------------------------------------
