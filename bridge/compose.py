@@ -41,16 +41,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeAlias
-
-import jsonschema
-import yaml
 
 from bridge.channels import PhiLevel
 from bridge.errors import MappingError
@@ -66,7 +62,7 @@ from bridge.events import (
     Subject,
     type_matches,
 )
-from bridge.mapping import layer, mappings_dir
+from bridge.mapping import layer, mappings_dir, read_schema, read_yaml, validate_document
 
 __all__ = ["Templates", "compose", "redact", "template_locales"]
 
@@ -356,15 +352,15 @@ class Templates:
         files: dict[str, list[Path]] = {}
         for path in [*sorted(_templates_dir().glob("*.yaml")), *_site_files(extra_paths)]:
             files.setdefault(path.stem, []).append(path)
-        schema = _read(_templates_dir() / "schema.json")
+        schema = read_schema(_templates_dir() / "schema.json")
         locales: dict[str, _Locale] = {}
         for locale, paths in files.items():
             doc: Any = None
             for path in paths:
-                part = _read(path)
+                part = read_yaml(path)
                 doc = part if doc is None else layer(doc, part)
             source = str(paths[-1])
-            _check(doc, schema, source)
+            validate_document(doc, schema, source)
             locales[locale] = _compile_locale(doc, source)
         return cls(locales, timezone=timezone)
 
@@ -393,27 +389,6 @@ class Templates:
         except KeyError:
             known = ", ".join(sorted(self._locales))
             raise MappingError(f"no templates for locale {locale!r} (known: {known})") from None
-
-
-def _read(path: Path) -> Any:
-    try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MappingError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
-    except ValueError as exc:
-        raise MappingError(f"not valid JSON: {exc}", source=str(path)) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise MappingError(f"not valid YAML: {exc}", source=str(path), path=where) from exc
-
-
-def _check(doc: Any, schema: Any, source: str) -> None:
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
-    if error is not None:
-        raise MappingError(error.message, source=source, path=error.json_path)
 
 
 def _compile_locale(doc: dict[str, Any], source: str) -> _Locale:

@@ -41,6 +41,9 @@ __all__ = [
     "load_document",
     "load_mappings",
     "mappings_dir",
+    "read_schema",
+    "read_yaml",
+    "validate_document",
 ]
 
 
@@ -143,15 +146,15 @@ def _load_mappings(
     family: Literal["hl7v2", "fhir"], extra_paths: Iterable[Path], schema_path: Path
 ) -> list[tuple[str, Any, _RuleOrigins]]:
     """:func:`load_mappings`, with where the rules of each document come from."""
-    schema = _read_schema(schema_path)
-    bundled = {p.name: (str(p), _read_yaml(p)) for p in sorted((mappings_dir() / family).glob("*.yaml"))}
+    schema = read_schema(schema_path)
+    bundled = {p.name: (str(p), read_yaml(p)) for p in sorted((mappings_dir() / family).glob("*.yaml"))}
     resolved: dict[str, tuple[str, Any]] = {}
     for name in bundled:
         _resolve_bundled(name, bundled, resolved, ())
     docs = {name: resolved[name] for name in bundled}  # by file name: a base resolves before the files on it
     origins = {name: _RuleOrigins((), source) for name, (source, _) in docs.items()}
     for p in _extra_files(family, extra_paths):
-        source, doc = str(p), _read_yaml(p)
+        source, doc = str(p), read_yaml(p)
         target, base_name = (doc.get("extends"), doc.get("base")) if isinstance(doc, dict) else (None, None)
         if target is not None and base_name is not None:
             raise MappingError(
@@ -182,7 +185,7 @@ def _load_mappings(
     mappings = [(*entry, origins[name]) for name, entry in docs.items() if not _is_fragment(name)]
     for source, doc, rules_from in mappings:
         with rules_from.located():
-            _validate(doc, schema, source)
+            validate_document(doc, schema, source)
     return mappings
 
 
@@ -300,19 +303,21 @@ def load_document(path: Path, schema_path: Path) -> Any:
 
     Raises MappingError naming the file and the JSON path of the first problem.
     """
-    doc = _read_yaml(path)
-    _validate(doc, _read_schema(schema_path), str(path))
+    doc = read_yaml(path)
+    validate_document(doc, read_schema(schema_path), str(path))
     return doc
 
 
-def _read_schema(schema_path: Path) -> Any:
+def read_schema(schema_path: Path) -> Any:
+    """A JSON Schema file; MappingError when it cannot be read."""
     try:
         return json.loads(schema_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MappingError(f"cannot read schema: {exc}", source=str(schema_path)) from exc
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
+    """A YAML file; MappingError naming the file (and line) when it cannot be read or parsed."""
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -323,7 +328,8 @@ def _read_yaml(path: Path) -> Any:
         raise MappingError(f"not valid YAML: {exc}", source=str(path), path=where) from exc
 
 
-def _validate(doc: Any, schema: Any, source: str) -> None:
+def validate_document(doc: Any, schema: Any, source: str) -> None:
+    """Raise MappingError naming ``source`` and the JSON path of the first problem of ``doc`` against ``schema``."""
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
