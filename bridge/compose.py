@@ -60,13 +60,13 @@ from bridge.events import (
     Observation,
     Patient,
     Subject,
+    link_types,
     type_matches,
 )
 from bridge.mapping import layer, mappings_dir, read_schema, read_yaml, validate_document
 
 __all__ = ["Templates", "compose", "redact", "template_locales"]
 
-_EVENT_TYPES = frozenset(t.value for t in EventType)
 #: OBX-8 flag (Table 0078) that says the line is normal; every other flag makes it worth a mention.
 _NORMAL_FLAGS = frozenset({"N", ""})
 #: Links that name a patient identity ("authority|value"): a merge's prior and surviving record.
@@ -86,7 +86,7 @@ def _pseudonym(value: str, hash_key: bytes | None) -> str:
 
 def _names_event_types(value: str) -> bool:
     # A link to event types carries no PHI; a webhook receiver needs it readable to know what to strike.
-    return all(part in _EVENT_TYPES for part in value.split(","))
+    return link_types(value) is not None
 
 
 def _initial(name: str | None) -> str | None:

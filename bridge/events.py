@@ -27,6 +27,7 @@ __all__ = [
     "Person",
     "Severity",
     "Subject",
+    "link_types",
     "type_matches",
 ]
 
@@ -274,6 +275,19 @@ class ClinicalEvent(_Model):
             "dataschema": f"urn:ehr-bridge:clinical-event:v{self.schema_version}",
             "data": self.model_dump(mode="json"),
         }
+
+
+_EVENT_TYPE_VALUES = frozenset(t.value for t in EventType)
+
+
+def link_types(value: str) -> list[str] | None:
+    """The event types a link value names (``"encounter.admitted,encounter.arrived"``), or None.
+
+    A link names either event types, comma-separated, or anything else (a subject key, an
+    identity): only a value made of event types alone is the first kind.
+    """
+    names = [part.strip() for part in value.split(",")]
+    return names if all(n in _EVENT_TYPE_VALUES for n in names) else None
 
 
 def type_matches(event_type: str, patterns: list[str] | tuple[str, ...]) -> bool:

@@ -39,7 +39,7 @@ import structlog
 
 from bridge.catalogue import catalogue
 from bridge.errors import StoreError
-from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
+from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity, link_types
 from bridge.store import (
     ClaimedDelivery,
     CommitResult,
@@ -190,7 +190,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_EVENT_TYPES = frozenset(t.value for t in EventType)
 _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
 
 #: Due deliveries of a channel, only the oldest open one per thread key (DESIGN.md §2.4; a dead
@@ -917,10 +916,10 @@ def _superseded(event: ClinicalEvent, supersedes: Supersedes) -> tuple[str, list
     allowed = supersedes.get((event.type, event.lifecycle), ())
     if not target or not allowed:
         return None
-    named = [t.strip() for t in target.split(",")]
+    named = link_types(target)
     subject = event.subject
     key: str | None
-    if all(t in _EVENT_TYPES for t in named):
+    if named is not None:
         types = [t for t in dict.fromkeys(named) if t in allowed]
         # A visit's events share the thread; other subjects (a patient's registration) also share the key.
         key = subject.key if subject is not None and subject.kind != "encounter" else None
