@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,8 @@ class Contender:
     reconnect: bool = False
     #: ``FULL`` or ``NORMAL`` for the bridge.
     synchronous: str = ""
+    #: For a bridge: another source tree of ehr-bridge to run instead of this one (a before/after baseline).
+    source: str = ""
 
     def unavailable(self) -> str | None:
         """Why this contender cannot run here, or None if it can (Medplum also needs its node_modules)."""
@@ -71,6 +74,7 @@ class Contender:
                 cwd=workdir,
                 port=port,
                 ready_url=f"http://127.0.0.1:{http_port}/readyz",
+                env={"PYTHONPATH": self.source} if self.source else {},
             )
         if self.key == "medplum":
             node = shutil.which("node") or "node"
@@ -125,3 +129,18 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("hl7apy", "hl7apy MLLPServer (1 msg/conn)", "hl7apy", "baseline", reconnect=True),
     Contender("medplum", "Medplum Hl7Server (node)", "Medplum", "baseline"),
 )
+
+#: ``EHR_BRIDGE_BENCH_BASELINE=<a copy of an earlier source tree>`` adds that bridge (FULL) to the run, so a
+#: change is measured against the code before it in the same run: ``--only bridge-full,bridge-base``.
+if baseline := os.environ.get("EHR_BRIDGE_BENCH_BASELINE", ""):
+    CONTENDERS = (
+        *CONTENDERS,
+        Contender(
+            "bridge-base",
+            "bridge before, synchronous=FULL",
+            "bridge before",
+            "bridge",
+            synchronous="FULL",
+            source=str(Path(baseline).resolve()),
+        ),
+    )

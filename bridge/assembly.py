@@ -69,7 +69,12 @@ def digest(content: dict[str, Any]) -> str:
     """A short SHA-256 of plain data (dicts, lists, strings); stored with events, so it must never change."""
     # repr of plain dicts, lists and strings built in a fixed order is canonical and several
     # times cheaper than sorted JSON; the digest only has to be stable within a deployment.
-    return hashlib.sha256(repr(content).encode("utf-8")).hexdigest()[:16]
+    return _sha16(repr(content))
+
+
+def _sha16(text: str) -> str:
+    """The first 16 hex digits of SHA-256 of ``text`` (UTF-8): what :func:`digest` makes of a repr."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +190,12 @@ def assemble_event(
     event_type = verdict.type.value
     # The digest covers the clinical content only (not control ID, times or origin), so the same
     # fact re-sent under a new control ID digests the same, and a changed result does not.
-    clinical = digest({"type": event_type, "patient": patient, "encounter": encounter, "subject": subject})
+    # repr(subject) is the bulk of both digests (an ORU's observations): made once, it serves both,
+    # and the whole is spelt exactly as repr() of the four-key dict would spell it (same digests).
+    subject_repr = repr(subject)
+    clinical = _sha16(
+        f"{{'type': {event_type!r}, 'patient': {patient!r}, 'encounter': {encounter!r}, 'subject': {subject_repr}}}"
+    )
     mrn_fields: Parts = patient["mrn"] or {}
     facts.clear()
     facts.update(
@@ -195,7 +205,7 @@ def assemble_event(
             "occurred_at": occurred.isoformat(),
             "digest": clinical,
             # The subject alone (kind, key, code, text, status, observations, ...): results and orders dedup on it.
-            "subject_digest": digest(subject) if subject is not None else None,
+            "subject_digest": _sha16(subject_repr) if subject is not None else None,
             "subject.kind": found.subject_kind,
             "subject.key": t.get("subject.key"),
             "subject.code": t.get("subject.code"),

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACK_SECONDS", "CHANNEL_DISABLED", "DELIVERIES", "DELIVERY_SECONDS", "MESSAGES"]
+__all__ = [
+    "ACK_SECONDS",
+    "CHANNEL_DISABLED",
+    "DELIVERIES",
+    "DELIVERY_SECONDS",
+    "MESSAGES",
+    "ack_seconds",
+    "messages",
+]
 
 #: Inbound HL7 messages by listener and outcome (accepted, duplicate, unmapped, rejected, store_failed).
 MESSAGES = Counter("ehr_bridge_messages_total", "Inbound HL7 messages", ["listener", "outcome"])
@@ -25,3 +35,19 @@ DELIVERY_SECONDS = Histogram("ehr_bridge_delivery_seconds", "Outbound send durat
 
 #: 1 while a channel is disabled (410, revoked token, unknown channel): its deliveries go straight to dead letters.
 CHANNEL_DISABLED = Gauge("ehr_bridge_channel_disabled", "Channel disabled after a permanent error", ["channel"])
+
+
+# The labelled series of the per-message metrics, looked up once per label values instead of per message
+# (``labels()`` takes a lock and builds a key). Listeners and outcomes are few: the caches stay small.
+
+
+@functools.cache
+def messages(listener: str, outcome: str) -> Counter:
+    """``MESSAGES`` for one listener and outcome."""
+    return MESSAGES.labels(listener, outcome)
+
+
+@functools.cache
+def ack_seconds(listener: str) -> Histogram:
+    """``ACK_SECONDS`` for one listener."""
+    return ACK_SECONDS.labels(listener)

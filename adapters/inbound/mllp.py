@@ -450,10 +450,17 @@ class _Connection:
         if reply is None:
             self._log.debug("mllp.frame", frame_bytes=nbytes, outcome="no_reply")
             return None
-        self._writer.write(frame(reply))
+        writer = self._writer
+        writer.write(frame(reply))
+        if not writer.transport.get_write_buffer_size():
+            # The socket took the whole ACK, so drain() cannot wait (writing is paused only above the
+            # high-water mark); it still raises if the connection is gone. No timer per ACK.
+            await writer.drain()
+            self._log.debug("mllp.frame", frame_bytes=nbytes, outcome="replied", reply_bytes=len(reply))
+            return None
         try:
             async with asyncio.timeout(self._settings.idle_timeout):
-                await self._writer.drain()
+                await writer.drain()
         except TimeoutError:
             self._log.warning("mllp.idle_timeout", waiting_for="ack_read", idle_timeout=self._settings.idle_timeout)
             return "idle_timeout"

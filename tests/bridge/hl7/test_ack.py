@@ -226,3 +226,10 @@ def test_new_control_ids_sort_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("bridge.hl7.ack.time_ns", lambda: next(clock))
     first, second, third = new_control_id(), new_control_id(), new_control_id()
     assert first < second < third
+
+
+def test_new_control_id_spells_time_then_random_bits_in_crockford_base32(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 48 bits of milliseconds, then the top 52 of 7 random bytes, most significant digit first.
+    monkeypatch.setattr("bridge.hl7.ack.time_ns", lambda: 1_700_000_000_000_000_000)
+    monkeypatch.setattr("bridge.hl7.ack.os.urandom", lambda n: bytes(range(1, n + 1)))
+    assert new_control_id() == "065WZSB8000G40R40M30"
