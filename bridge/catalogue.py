@@ -36,6 +36,7 @@ __all__ = [
     "FhirSource",
     "Hl7Source",
     "Link",
+    "RoutesAs",
     "Stage",
     "catalogue",
     "event_schema",
@@ -43,6 +44,7 @@ __all__ = [
     "load_catalogue",
     "main",
     "render_markdown",
+    "routes_as_table",
     "stale_files",
     "validate_event",
     "write_files",
@@ -90,6 +92,14 @@ class Stage:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutesAs:
+    """Events of the type at ``severity`` or above also match the routes for ``type``."""
+
+    severity: Severity
+    type: EventType
+
+
+@dataclass(frozen=True, slots=True)
 class Hl7Source:
     """HL7 v2 message types and triggers (``ADT^A01``) that give the event, and how."""
 
@@ -121,6 +131,8 @@ class EventSpec:
     fhir: tuple[FhirSource, ...]
     #: Set for events the bridge raises itself (not mapped from a message): by what.
     bridge: str | None
+    #: Other types whose routes the type's events also match, from a severity on.
+    routes_as: tuple[RoutesAs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +202,9 @@ def _spec(name: str, entry: dict[str, Any], base: dict[str, Any], link_names: se
         for lifecycle, spec in entry["lifecycles"].items()
     )
     sources = entry["sources"]
+    unknown = [r["type"] for r in entry.get("routes_as", ()) if r["type"] not in {e.value for e in EventType}]
+    if unknown:
+        raise MappingError(f"not an EventType: {', '.join(unknown)}", source=source, path=f"{where}.routes_as")
     return EventSpec(
         type=EventType(name),
         version=entry["version"],
@@ -203,7 +218,14 @@ def _spec(name: str, entry: dict[str, Any], base: dict[str, Any], link_names: se
             FhirSource(s["resource"], tuple(s.get("status", ())), s.get("note")) for s in sources.get("fhir", ())
         ),
         bridge=sources.get("bridge"),
+        routes_as=tuple(RoutesAs(Severity(r["severity"]), EventType(r["type"])) for r in entry.get("routes_as", ())),
     )
+
+
+@functools.cache
+def routes_as_table() -> dict[EventType, tuple[RoutesAs, ...]]:
+    """Per type of the bundled catalogue, the other types whose routes its events also match (``routes_as``)."""
+    return {spec.type: spec.routes_as for spec in catalogue().types.values() if spec.routes_as}
 
 
 #: The link that names what a lifecycle edits (correct) or strikes (cancel).
@@ -631,6 +653,8 @@ def _type_section(spec: EventSpec) -> list[str]:
             f"`{link.name}` ({need}; {_REFERS[link.refers_to]}): {_cell(link.value)}" for link in stage.links
         )
         out.append(f"| `{stage.lifecycle.value}` | {when} | {target} | {links or _NONE} |")
+    for alias in spec.routes_as:
+        out += ["", f"From severity {alias.severity.value} on, also matches the routes for `{alias.type.value}`."]
     out += ["", "**Sources**", ""]
     for h in spec.hl7v2:
         out.append(f"- HL7 v2 {_code(h.triggers)}" + (f": {h.note}" if h.note else ""))

@@ -102,6 +102,9 @@ class SendResult:
 
     #: The post's id at the target (Slack ``ts``, Matrix ``event_id``); None when it has none.
     external_id: str | None = None
+    #: A correction or cancellation whose original could not be edited (gone) was posted as a new
+    #: post instead, under ``external_id`` (see ``bridge.delivery.edited_in_place``).
+    posted_anew: bool = False
 
 
 @dataclass(frozen=True, slots=True)

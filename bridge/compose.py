@@ -520,13 +520,18 @@ def _moment(value: datetime, fmt: str, zone: tzinfo | None) -> str:
     """``value`` in ``zone`` (None: as it is), in the locale's format ``fmt``.
 
     HL7 mapping gives times without offset the sender's zone, so a naive time is rare (a FHIR
-    dateTime without offset, an event made by hand): it is taken to be in ``zone`` already. A
-    time the zone cannot hold (year 9999 told west of UTC) is shown in ISO 8601 as it is: a post
-    must never fail over the way a time is told.
+    dateTime without offset, an event made by hand): it is taken to be in ``zone`` already, by
+    the mapping's rule for daylight saving time (bridge.mapping._sender_local): the offset before
+    the change, so a time in the repeated hour is its first occurrence and one in the skipped
+    hour (02:30 on the day clocks go forward) is told as the moment it names (03:30), never as a
+    time no clock showed. A time the zone cannot hold (year 9999 told west of UTC) is shown in
+    ISO 8601 as it is: a post must never fail over the way a time is told.
     """
     try:
         if zone is not None:
-            value = value.replace(tzinfo=zone) if value.tzinfo is None else value.astimezone(zone)
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=zone, fold=0).astimezone(UTC)
+            value = value.astimezone(zone)
         return value.strftime(fmt)
     except (OverflowError, ValueError):
         return value.isoformat()

@@ -27,7 +27,15 @@ from bridge.events import Lifecycle, Severity
 from bridge.logs import error_fields
 from bridge.store import ClaimedDelivery, Store
 
-__all__ = ["ChannelWorker", "Dispatcher", "RateLimiter", "RetryPolicy", "alert_for", "recorded_send"]
+__all__ = [
+    "ChannelWorker",
+    "Dispatcher",
+    "RateLimiter",
+    "RetryPolicy",
+    "alert_for",
+    "edited_in_place",
+    "recorded_send",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -96,12 +104,18 @@ def alert_for(post: Post, shown: Severity | None) -> Post | None:
     """The reply that makes a correction heard, when editing the post alone would not; else None.
 
     An edit notifies nobody. A correction that edits a post (``post.original_ref``) must also
-    alert when it is critical, or more severe than ``shown``, the severity of what the post
-    showed before: a potassium corrected from 4.0 to 6.9 is a new critical value. The alert is
+    alert when it is more severe than ``shown``, the severity of what the post shows now: a
+    potassium corrected from 4.0 to 6.9 is a new critical value. A post that already shows a
+    critical value was alerted when it did (as a critical post, or by an earlier correction's
+    alert): a correction from one critical value to another, or the same correction sent
+    again, edits it without a second alert. Not knowing what the post shows, a critical
+    correction alerts. The alert is
     the same post as a new message in the thread (``original_ref`` dropped, ``thread_ref``
     kept), sent in the same delivery right after the edit; the delivery records the edit's
     external id, so later corrections keep editing the original post. A correction to a lower
-    severity (critical to normal) only edits.
+    severity (critical to normal) only edits. When the adapter answers that the original was
+    gone and it posted the correction anew instead (``SendResult.posted_anew``), that post is
+    the alert: nothing more is sent.
 
     Failures, as the worker handles them (one delivery, one outcome):
 
@@ -119,9 +133,25 @@ def alert_for(post: Post, shown: Severity | None) -> Post | None:
     if post.original_ref is None or post.event.lifecycle is not Lifecycle.CORRECT:
         return None
     severity = post.event.severity
-    if severity is not Severity.CRITICAL and (shown is None or severity.rank <= shown.rank):
+    if shown is None and severity is not Severity.CRITICAL:
+        return None
+    if shown is not None and severity.rank <= shown.rank:
         return None
     return replace(post, original_ref=None)
+
+
+def edited_in_place(post: Post, result: SendResult) -> bool:
+    """Whether sending ``post`` changed the post it corrects or cancels, rather than making a new one.
+
+    A correction or cancellation with ``original_ref`` edits that post, unless the adapter says
+    it ``posted_anew``: it found the original gone (deleted, past retention) and posted the
+    correction as a new reply in the thread, under the label.
+    """
+    return (
+        post.original_ref is not None
+        and post.event.lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL)
+        and not result.posted_anew
+    )
 
 
 def recorded_send(post: Post, result: SendResult, *, threads: bool) -> tuple[str | None, bool]:
@@ -130,10 +160,12 @@ def recorded_send(post: Post, result: SendResult, *, threads: bool) -> tuple[str
     A correction or cancellation of a post the channel holds (``original_ref``) changes that post
     in place: it keeps the original's id (Slack's chat.update answers with the same ts), so what
     later resolves to it finds the post that is there, and it starts no thread. Anything else is
-    a new post under the id the adapter reports; with ``threads`` (the adapter threads) and no
+    a new post under the id the adapter reports (a correction too, when the adapter posted it
+    anew because the original was gone: the store then counts it as the channel's own post of
+    the subject, which later corrections edit); with ``threads`` (the adapter threads) and no
     thread to reply in, it is the thread's first post.
     """
-    if post.original_ref is not None and post.event.lifecycle in (Lifecycle.CORRECT, Lifecycle.CANCEL):
+    if post.original_ref is not None and edited_in_place(post, result):
         return post.original_ref, False
     return result.external_id, threads and post.thread_ref is None
 
@@ -254,7 +286,7 @@ class ChannelWorker:
             alert_payload = self.adapter.render(alert) if alert is not None else None
             await self.limiter.acquire()
             result = await self.adapter.send(payload)
-            if alert_payload is not None:
+            if alert_payload is not None and edited_in_place(post, result):
                 # After the edit, never before: a reply must not alert to a value the post does not show yet.
                 await self.limiter.acquire()
                 await self.adapter.send(alert_payload)
@@ -274,9 +306,10 @@ class ChannelWorker:
         finally:
             metrics.DELIVERY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         external_id, thread_root = recorded_send(post, result, threads=self.adapter.supports_threads)
-        await self.store.mark_delivered(claimed.id, external_id=external_id, thread_root=thread_root)
-        await self.store.audit(
-            "disclosed", channel=self.name, event_id=claimed.event.id, detail=f"phi={self.phi.value}"
+        # One write: the delivered mark and its "disclosed" audit row commit together, and the single
+        # writer thread that also commits intake (ahead of the next ACK) runs one job, not two.
+        await self.store.mark_delivered(
+            claimed.id, external_id=external_id, thread_root=thread_root, audit_detail=f"phi={self.phi.value}"
         )
         metrics.DELIVERIES.labels(self.name, "delivered").inc()
         log.info(

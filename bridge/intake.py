@@ -124,7 +124,7 @@ class Intake:
                 transient=any(a.transient for a in answers),
                 encoding=answers[0].encoding,
             )
-        metrics.ACK_SECONDS.labels(raw.listener).observe(time.perf_counter() - started)
+        metrics.ack_seconds(raw.listener).observe(time.perf_counter() - started)
         return receipt
 
     async def reject(self, raw: RawMessage, error: HL7Error, *, outcome: Outcome = "error") -> Receipt:
@@ -162,7 +162,7 @@ class Intake:
         except StoreError as exc:
             # Our problem, not the sender's: AR tells it to resend the unchanged message later.
             log.error("intake.store_failed", listener=raw.listener, control_id=control_id, **error_fields(exc))
-            metrics.MESSAGES.labels(raw.listener, "store_failed").inc()
+            metrics.messages(raw.listener, "store_failed").inc()
             error = HL7Error("receiver could not store the message; resend later", code=207)
             ack = build_ack(message, "reject", control_id=new_control_id(), now=now, error=error)
             return Receipt(ack, _msa1(ack), (control_id,), transient=True, encoding=message.encoding)
@@ -210,12 +210,14 @@ class Intake:
             message_type=f"{message.message_code}^{message.trigger}".rstrip("^"),
             peer=raw.peer,
         )
-        result = await self.store.commit_message(entry, routed, dedup_window=self.settings.dedup.window_seconds)
+        result = await self.store.commit_message(
+            entry, routed, dedup_window=self.settings.dedup.window_seconds, channels=self.settings.channels.keys()
+        )
         outcome = "duplicate" if result.duplicate else status.value
         if result.control_id_reused:
             # Same sender and control ID, different content: a new message (counter reset), not a resend.
             log.warning("intake.control_id_reused", listener=raw.listener, control_id=message.control_id)
-        metrics.MESSAGES.labels(raw.listener, outcome).inc()
+        metrics.messages(raw.listener, outcome).inc()
         log.info(
             "intake.accepted",
             listener=raw.listener,
@@ -263,7 +265,7 @@ class Intake:
             peer=raw.peer,
             error=f"{error.code} {error}"[:500],
         )
-        metrics.MESSAGES.labels(raw.listener, "rejected").inc()
+        metrics.messages(raw.listener, "rejected").inc()
         log.warning(
             "intake.rejected",
             listener=raw.listener,

@@ -371,18 +371,41 @@ def _ts_parts(text: str) -> tuple[datetime, int, bool] | None:
     return value, (n - 2) // 2, tz is not None
 
 
-def hl7_timestamp(text: str, zone: tzinfo = UTC) -> datetime | None:
-    """An aware datetime from an HL7 DTM of at least day precision, or None.
+def _sender_local(value: datetime, zone: tzinfo) -> datetime:
+    """A naive HL7 time read as the sender's local time in ``zone``, with that moment's fixed UTC offset.
 
-    A value without offset is the sender's local time (HL7 v2 §2.A.22), read in ``zone``.
-    A value with no UTC equivalent (year 9999 at -1400, year 1 at +1400) is None too: the
-    event then takes its receipt time, rather than carry a time no channel can show.
+    HL7 gives a time without offset no way to tell which of two readings of the clock it means, so
+    one rule settles daylight saving time, the one of zoneinfo (fold=0) and of java.time, on which
+    HAPI-based engines build: the offset in force BEFORE the change.
+    - Clocks go back (Europe/Berlin, 2026-10-25 03:00 CEST -> 02:00 CET): 02:15 is the first 02:15,
+      +02:00 (00:15 UTC). A sender that means the second one sends the offset (``+0100``), which wins.
+    - Clocks go forward (2026-03-29 02:00 CET -> 03:00 CEST): 02:30 was on no clock in that zone.
+      It is read as +01:00 (01:30 UTC, told 03:30 CEST): the reading of a clock not yet put forward,
+      which is how such a time is made, and the moment java.time gives it. It is kept rather than
+      dropped for MSH-7: the event time (EVN-2, OBR-22) is the clinical moment, MSH-7 only when the
+      message was built, and a start (AIS-4) has no other source.
+    The fixed offset keeps the moment unambiguous downstream: an aware time in a gap or fold never
+    compares equal to one of another zone (PEP 495), and it converts the same everywhere.
+    """
+    offset = value.replace(tzinfo=zone, fold=0).utcoffset()
+    return value.replace(tzinfo=timezone(offset)) if offset is not None else value.replace(tzinfo=zone)
+
+
+def hl7_timestamp(text: str, zone: tzinfo = UTC) -> datetime | None:
+    """An aware datetime from an HL7 DTM that names at least the hour, or None.
+
+    A value without offset is the sender's local time (HL7 v2 §2.A.22), read in ``zone`` (see
+    _sender_local for daylight saving time). A bare date (EVN-2 ``20261025``) is None: a day is not
+    a moment, and as local midnight it would be told as ``00:00``, or on the day before in a zone
+    west of the sender; the event takes the next time source (MSH-7) instead, else its receipt time.
+    A value with no UTC equivalent (year 9999 at -1400, year 1 at +1400) is None too, for the
+    same fallback, rather than carry a time no channel can show.
     """
     parts = _ts_parts(text)
-    if parts is None or parts[1] < 3:
+    if parts is None or parts[1] < 4:
         return None
     value, _, aware = parts
-    value = value if aware else value.replace(tzinfo=zone)
+    value = value if aware else _sender_local(value, zone)
     try:
         value.astimezone(UTC)
     except (OverflowError, ValueError):
@@ -417,7 +440,7 @@ def hl7_datetime(text: str, zone: tzinfo | None = None) -> str:
     if given <= 3:
         return hl7_date(text)
     if not aware and zone is not None:
-        value = value.replace(tzinfo=zone)
+        value = _sender_local(value, zone)
     return value.isoformat(timespec="seconds" if value.microsecond == 0 else "milliseconds")
 
 
@@ -1270,15 +1293,22 @@ class Mapper:
 
     def _observations(self, spec: _File, ctx: _Ctx, items: list[Segment]) -> list[Observation]:
         result: list[Observation] = []
+        append = result.append
         ctx.item_name = spec.item_segment
-        texts = spec.item_texts
+        texts = tuple(spec.item_texts.items())
+        read_flags = spec.item_flags
+        critical_flags, abnormal_flags = self._critical, spec.abnormal_flags
         for seg in items:
             ctx.item = seg
-            values = {key: getter(ctx) for key, getter in texts.items()}
-            flags = tuple(spec.item_flags(ctx)) if spec.item_flags is not None else ()
+            values = {key: getter(ctx) for key, getter in texts}
+            flags = tuple(read_flags(ctx)) if read_flags is not None else ()
+            if not flags:
+                # Most lines carry no flag: neither critical nor abnormal.
+                append(Observation(values, flags, False, False))
+                continue
             upper = {f.upper() for f in flags}
-            critical = not upper.isdisjoint(self._critical)
-            result.append(Observation(values, flags, critical, critical or not upper.isdisjoint(spec.abnormal_flags)))
+            critical = not upper.isdisjoint(critical_flags)
+            append(Observation(values, flags, critical, critical or not upper.isdisjoint(abnormal_flags)))
         ctx.item = None
         return result
 

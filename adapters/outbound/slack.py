@@ -41,6 +41,15 @@ or ``groups:history`` scope, rate limit, network), it is logged as
 ``slack.dedup_lookup_failed`` with the error code and the post goes ahead.
 ``chat.update`` needs none of this: repeating it sets the same content on the
 same ``ts``.
+
+A ``chat.update`` that Slack refuses because the original can no longer be edited
+(``message_not_found``: deleted, or gone with the workspace's retention;
+``cant_update_message``; ``edit_window_closed``) would dead-letter every later
+correction or withdrawal of it. The rendered update therefore carries its
+fallback, the same event as a new reply in the thread under its label (what a
+correction whose original never reached the channel is), and :meth:`SlackAdapter.send`
+posts that instead. Its ``ts`` is what the delivery records: the store counts it
+as the channel's own post of the subject, so later corrections edit it.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, NoReturn
 from urllib.parse import urlencode
@@ -116,6 +125,9 @@ _CHANNEL_ERRORS = frozenset(
         "token_revoked",
     }
 )
+
+#: ``chat.update`` errors that say the original cannot be edited any more: the correction is posted anew.
+_ORIGINAL_GONE_ERRORS = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 
 #: Errors Slack documents as transient.
 _TRANSIENT_ERRORS = frozenset(
@@ -196,10 +208,18 @@ class _Lookup:
 
 @dataclass(frozen=True, slots=True)
 class SlackCall:
-    """One Web API call: ``method`` (``chat.postMessage`` or ``chat.update``) and its JSON arguments."""
+    """One Web API call: ``method`` (``chat.postMessage`` or ``chat.update``) and its JSON arguments.
+
+    ``fallback`` (an update's): the new post to make instead when the original cannot be edited.
+    """
 
     method: str
     body: dict[str, Any]
+    fallback: SlackCall | None = None
+
+
+class _OriginalGone(Permanent):
+    """``chat.update`` refused: the post to edit is gone or can no longer be edited."""
 
 
 class SlackAdapter:
@@ -249,6 +269,7 @@ class SlackAdapter:
                     "text": prefix + (_struck(post.text, room) if struck else _mrkdwn(post.text, room)),
                     "blocks": _blocks(post, label=label, struck=struck),
                 },
+                fallback=self.render(replace(post, original_ref=None)),
             )
         # Without original_ref the original may never have reached this channel
         # (routed elsewhere, or dead): the correction or cancellation is a new post.
@@ -293,6 +314,12 @@ class SlackAdapter:
             raise
         try:
             result = self._result(payload, response)
+        except _OriginalGone:
+            if payload.fallback is None:
+                raise
+            # Retention or a person deleted the post: the correction is a new reply under its label.
+            log.warning("slack.original_gone", channel=self._name, ts=payload.body.get("ts"))
+            return replace(await self.send(payload.fallback), posted_anew=True)
         except DeliveryError:
             if _maybe_posted(response):
                 self._remember(delivery_id, started)
@@ -397,6 +424,8 @@ class SlackAdapter:
         message = f"slack {method}: {code}"
         if code in _TRANSIENT_ERRORS:
             raise Retryable(message, defer=parse_retry_after(response.headers.get("Retry-After"), now))
+        if method == "chat.update" and code in _ORIGINAL_GONE_ERRORS:
+            raise _OriginalGone(message)
         raise Permanent(message, disable_channel=code in _CHANNEL_ERRORS)
 
     async def aclose(self) -> None:

@@ -406,7 +406,11 @@ class FhirIntake:
             snapshots=tuple((key, version, body) for key, (version, body) in batch.snapshots.items()),
         )
         result = await self.store.commit_message(
-            entry, routed, dedup_window=self.settings.dedup.window_seconds, progress=progress
+            entry,
+            routed,
+            dedup_window=self.settings.dedup.window_seconds,
+            progress=progress,
+            channels=self.settings.channels.keys(),
         )
         if result.delivery_ids:
             # result.channels adds those a correction or cancellation follows its original to.

@@ -23,7 +23,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -68,7 +68,6 @@ _FACTS = EVENT_FACTS
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]+)\}")
 #: The ``Type/id`` of a reference (relative, absolute or versioned); FHIR ids are [A-Za-z0-9-.]{1,64}.
 _REFERENCE_TAIL_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 
 _IDENTIFIER_PARTS = ("value", "authority", "type")
 _PERSON_PARTS = ("id", "family", "given", "prefix")
@@ -76,19 +75,19 @@ _LINE_TEXTS = ("code", "text", "value", "units", "reference_range", "status")
 
 
 def fhir_instant(text: str) -> datetime | None:
-    """An aware datetime from a FHIR instant, dateTime or full date (midnight UTC); None below day precision.
+    """An aware datetime from a FHIR instant or a dateTime with a time; None for a date or less.
 
     A dateTime with a time carries an offset (FHIR datatypes §dateTime); one without is taken as UTC.
-    A value with no UTC equivalent (year 9999 at -14:00, year 1 at +14:00) is None: the event then
-    takes its receipt time, rather than carry a time no channel can show.
+    A date (``2026-10-25``) is a day, not a moment: as midnight UTC it would be told as ``01:00`` in
+    Berlin or on the day before in New York, so the event takes its next time source, else its
+    receipt time (docs/configuration.md, ``mapping.sender_timezone``). A value with no UTC
+    equivalent (year 9999 at -14:00, year 1 at +14:00) is None too, rather than carry a time no
+    channel can show.
     """
     text = text.strip()
-    day = _DATE_RE.match(text)
+    if "T" not in text:
+        return None
     try:
-        if day is not None:
-            return datetime.combine(date(int(day[1]), int(day[2]), int(day[3])), time(), tzinfo=UTC)
-        if "T" not in text:
-            return None
         value = datetime.fromisoformat(text)
         value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         value.astimezone(UTC)

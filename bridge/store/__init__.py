@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -99,6 +100,9 @@ class NewDelivery:
     channel: str
     #: First attempt not before this time (quiet hours, digests later).
     not_before: float = 0.0
+    #: Created dead with this error instead of pending: a correction or cancellation following a post
+    #: that is dead in the channel (``dlq replay`` sends both, in thread order).
+    dead: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,7 @@ class Store(Protocol):
         *,
         dedup_window: float,
         progress: SubscriptionProgress | None = None,
+        channels: Collection[str] | None = None,
     ) -> CommitResult:
         """Journal ``entry`` with its events and outbox rows in one transaction.
 
@@ -210,7 +215,9 @@ class Store(Protocol):
         A correction or cancellation gets, besides its routed deliveries, one to
         every other channel that holds a post it supersedes in its thread
         (delivered or still to be sent; see :meth:`claim` for which post), so
-        it reaches that post whatever the routes say.
+        it reaches that post whatever the routes say: of ``channels`` only (the
+        configured ones; None: any). Where that post is dead, so is the new
+        delivery, and ``dlq replay`` sends both in order.
         """
         ...
 
@@ -236,11 +243,11 @@ class Store(Protocol):
         A delivery in flight for longer than the store's lease is pending again
         first (its outcome was never recorded), so it is sent once more.
 
-        A correction's or cancellation's ``original_ref`` is the latest post
-        delivered in its channel and thread of an event of lifecycle ``new`` that
-        it supersedes: of the types the catalogue lists for its type and
-        lifecycle, and, when its link names a subject key, of that key and the
-        same subject kind. A link naming event types takes the latest post of
+        A correction's or cancellation's ``original_ref`` is the latest post its
+        channel made itself (a delivery that posted, not one that edited or struck
+        another post) in its thread of an event it supersedes: of the types the
+        catalogue lists for its type and lifecycle, and, when its link names a
+        subject key, of that key and the same subject kind. A link naming event types takes the latest post of
         those types (of the same subject unless it is the visit).
         ``original_severity`` is the severity that post shows.
         """

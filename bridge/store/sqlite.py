@@ -30,7 +30,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Collection, Mapping, Sized
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,6 +188,12 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX deliveries_thread_open;
     CREATE INDEX deliveries_thread ON deliveries (thread_key, channel, status, event_seq);
     """,
+    # 6: the post a delivery was claimed to edit or strike (its external id; '' to post anew; NULL
+    # in rows claimed before): a delivered row whose external id is not that one made a post of
+    # its own, which later corrections and cancellations may edit or strike in their turn.
+    """
+    ALTER TABLE deliveries ADD COLUMN original_ref TEXT;
+    """,
 )
 
 _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
@@ -207,7 +213,11 @@ _CLAIM_SQL = (
 @dataclass(slots=True)
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
-    future: concurrent.futures.Future[Any]
+    #: Resolved on its own event loop, by one callback per batch (see ``_Writer._resolve``).
+    future: asyncio.Future[Any]
+    #: Both under ``_Writer.claim``: the writer took the job, or its caller gave up before the writer did.
+    started: bool = False
+    cancelled: bool = False
 
 
 #: ``PRAGMA synchronous`` values the store accepts (WAL mode).
@@ -237,6 +247,8 @@ class _Writer(threading.Thread):
         self.path = path
         self.synchronous = synchronous
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: Decides, for a job, between its caller's cancellation and the writer's start (whichever comes first).
+        self.claim = threading.Lock()
         self.ready = concurrent.futures.Future[None]()
         self.commits = 0
 
@@ -270,14 +282,18 @@ class _Writer(threading.Thread):
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
+        with self.claim:
+            # A job whose caller was cancelled while it waited: nobody awaits it, so it must not run.
+            # Every other job is started from here on: a later cancellation only drops its result.
+            runnable = [job for job in batch if not job.cancelled]
+            for job in runnable:
+                job.started = True
+        if not runnable:
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                # False: the caller was cancelled while the job waited; nobody awaits it, so it must not run.
-                # True: from now on a cancellation cannot touch the future, so resolving it below is safe.
-                if not job.future.set_running_or_notify_cancel():
-                    continue
+            for job in runnable:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(conn)
@@ -300,11 +316,9 @@ class _Writer(threading.Thread):
                 conn.rollback()
             log.error("store.commit_failed", error=type(exc).__name__, jobs=len(batch))
             failure = StoreError(f"commit failed: {exc}")
-            for job in batch:
-                _settle(job.future, None, failure)
+            _resolve([(job, None, failure) for job in runnable])
             return
-        for job, result, error in outcomes:
-            _settle(job.future, result, error)
+        _resolve(outcomes)
 
     def _fail_batch(self, conn: sqlite3.Connection, batch: list[_Job], exc: BaseException) -> None:
         log.error("store.batch_failed", error=type(exc).__name__, jobs=len(batch))
@@ -314,20 +328,37 @@ class _Writer(threading.Thread):
                 conn.rollback()
         failure = StoreError(f"write failed: {type(exc).__name__}")
         failure.__cause__ = exc
-        for job in batch:
-            _settle(job.future, None, failure)
+        with self.claim:
+            for job in batch:
+                job.started = True
+        _resolve([(job, None, failure) for job in batch if not job.cancelled])
 
 
-def _settle(future: concurrent.futures.Future[Any], result: Any, error: BaseException | None) -> None:
-    """Resolve a job's future unless it is already done.
+#: A job, and its result or the error to raise in its caller.
+_Outcome = tuple[_Job, Any, "BaseException | None"]
 
-    A job the writer has not started yet may be cancelled by its caller at any
-    moment (``asyncio.wrap_future`` passes the cancellation on), so between the
-    check and the set the future can still turn done: that race is ignored too.
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    """Hand a committed (or failed) batch's outcomes to their callers: one wake-up per event loop, not per job.
+
+    Called on the writer thread; the futures are set on their loop's thread, where a caller
+    that was cancelled meanwhile has already marked its future done (its outcome is dropped).
     """
-    if future.done():
-        return
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
+    for loop, settled in by_loop.items():
+        # The loop is gone (its caller's process is shutting down): nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Resolve each job's future unless it is already done (its caller gave up); on the future's loop."""
+    for job, result, error in outcomes:
+        future = job.future
+        if future.done():
+            continue
         if error is None:
             future.set_result(result)
         else:
@@ -405,9 +436,18 @@ class SQLiteStore:
             raise StoreError("store is not open")
         if not self._writer.is_alive():
             raise StoreError("store writer is not running")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._writer.jobs.put(_Job(fn, future))
-        return await asyncio.wrap_future(future)
+        writer = self._writer
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        job = _Job(fn, future)
+        writer.jobs.put(job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Not started yet: the writer will skip it. Started: it runs to the end; its result is dropped.
+            with writer.claim:
+                if not job.started:
+                    job.cancelled = True
+            raise
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         reader = self._reader
@@ -444,10 +484,12 @@ class SQLiteStore:
         *,
         dedup_window: float,
         progress: SubscriptionProgress | None = None,
+        channels: Collection[str] | None = None,
     ) -> CommitResult:
         # Hashed here, not on the writer thread: the writer is the one serial stage of every commit.
         digest = _body_digest(entry.raw)
         supersedes = self._supersedes
+        configured = frozenset(channels) if channels is not None else None
 
         def run(conn: sqlite3.Connection) -> CommitResult:
             since = entry.received_at - dedup_window
@@ -486,7 +528,7 @@ class SQLiteStore:
                         (event.dedup_key, since, EventStatus.DUPLICATE.value),
                     ).fetchone()
                 )
-                deliveries = [] if dup else _following(conn, event, routed, supersedes)
+                deliveries = [] if dup else _following(conn, event, routed, supersedes, configured)
                 if dup:
                     status = EventStatus.DUPLICATE
                 elif deliveries:
@@ -515,6 +557,7 @@ class SQLiteStore:
                 for d in deliveries:
                     delivery_id = f"{event.id}.{d.channel}"
                     reason = disabled.get(d.channel)
+                    error = f"channel disabled: {reason}" if reason else d.dead
                     conn.execute(
                         "INSERT INTO deliveries (id, event_id, event_seq, channel, thread_key, status, attempts,"
                         " next_attempt_at, last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,0,?,?,?,?)",
@@ -524,15 +567,15 @@ class SQLiteStore:
                             seq,
                             d.channel,
                             event.thread_key,
-                            (DeliveryStatus.DEAD if reason else DeliveryStatus.PENDING).value,
+                            (DeliveryStatus.DEAD if error else DeliveryStatus.PENDING).value,
                             max(d.not_before, entry.received_at),
-                            f"channel disabled: {reason}" if reason else "",
+                            error,
                             entry.received_at,
                             entry.received_at,
                         ),
                     )
                     created.append(delivery_id)
-                    if not reason:
+                    if not error:
                         woken[d.channel] = None
             if progress is not None:
                 _write_progress(conn, progress, entry.received_at)
@@ -635,10 +678,11 @@ class SQLiteStore:
                     )
                 )
             if claimed:
-                conn.execute(
-                    "UPDATE deliveries SET status=?, attempts=attempts+1, updated_at=?"
-                    f" WHERE id IN ({_marks(claimed)})",
-                    (DeliveryStatus.IN_FLIGHT.value, now, *(c.id for c in claimed)),
+                # Each with the post it is to edit or strike ('' none): what tells, once it is
+                # delivered, a post of its own from an edit (see _OWN_POST).
+                conn.executemany(
+                    "UPDATE deliveries SET status=?, attempts=attempts+1, updated_at=?, original_ref=? WHERE id=?",
+                    [(DeliveryStatus.IN_FLIGHT.value, now, c.original_ref or "", c.id) for c in claimed],
                 )
             return claimed
 
@@ -799,7 +843,11 @@ def _body_digest(raw: bytes) -> str:
     ends at the first CR or LF. Terminators are normalised because the same
     message resent over another transport may come with LF or CRLF.
     """
-    end = min((i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0), default=len(raw))
+    cr, lf = raw.find(b"\r"), raw.find(b"\n")
+    if lf < 0:
+        # CR only, as MLLP senders write it: nothing to normalise, no copies of the message.
+        return hashlib.sha256(raw[cr if cr >= 0 else len(raw) :].strip(b"\r")).hexdigest()
+    end = min(lf, cr) if cr >= 0 else lf
     body = raw[end:].replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
     return hashlib.sha256(body).hexdigest()
 
@@ -896,20 +944,21 @@ def supersedes_table() -> dict[tuple[EventType, Lifecycle], tuple[str, ...]]:
     }
 
 
-def _superseded(event: ClinicalEvent, supersedes: Supersedes) -> tuple[str, list[Any]] | None:
-    """The condition on ``events e`` of the posts ``event`` corrects or cancels, with its arguments; None if none.
+def _superseded(event: ClinicalEvent, supersedes: Supersedes) -> _Superseded | None:
+    """The condition on ``events e`` of the events whose posts ``event`` corrects or cancels; None if none.
 
     ``links.corrects`` and ``links.cancels`` name either event types, comma-separated (an A11
     strikes ``encounter.admitted`` or ``encounter.arrived`` of the thread, whichever was posted),
     or a subject key (a withdrawn result); a value not made of event types only is a subject key,
-    commas and all. Either way only posts of the types the catalogue says this type and lifecycle
+    commas and all. Either way only events of the types the catalogue says this type and lifecycle
     supersedes qualify (a result correction never edits an order's post, even when a result without
-    filler number falls back to the order's placer number as its key), and of those only the
-    ``new`` ones, each the post of one fact: not an edit or strike recorded under the key (an
-    addendum edits its parent's post; withdrawing the addendum must not strike the parent), nor
-    an update's reply. Posts of another subject kind do not qualify either (a pharmacy order's
-    change never edits a lab order of the same number); a post whose event has no subject, or was
-    stored before subject kinds were, matches any kind.
+    filler number falls back to the order's placer number as its key), and no update (a reply that
+    adds to a post: the return from leave is not the leave). Events of another subject kind do not
+    qualify either (a pharmacy order's change never edits a lab order of the same number); an event
+    that has no subject, or was stored before subject kinds were, matches any kind.
+
+    Which of their deliveries made a post of the channel's own, rather than edited another, is
+    :data:`_OWN_POST`'s part (the claim's); which channel holds one, :func:`_holders`'.
     """
     link = _TARGET_LINK.get(event.lifecycle)
     target = event.links.get(link) if link else None
@@ -927,15 +976,50 @@ def _superseded(event: ClinicalEvent, supersedes: Supersedes) -> tuple[str, list
         types, key = list(allowed), target
     if not types:
         return None
-    sql = f"e.lifecycle = ? AND e.type IN ({_marks(types)})"
-    args: list[Any] = [Lifecycle.NEW.value, *types]
-    if key:
-        sql += " AND e.subject_key = ?"
-        args.append(key)
+    sql = f"e.lifecycle != ? AND e.type IN ({_marks(types)})"
+    args: list[Any] = [Lifecycle.UPDATE.value, *types]
     if subject is not None:
         sql += " AND (e.subject_kind = ? OR e.subject_kind IS NULL)"
         args.append(subject.kind)
-    return sql, args
+    return _Superseded(sql, args, key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Superseded:
+    """Which events' posts a correction or cancellation supersedes: a condition on ``events e``, and their key."""
+
+    where: str
+    args: list[Any]
+    #: Their subject key, if the link names one (or names types of a subject other than the visit).
+    key: str | None
+
+    def source(self) -> tuple[str, list[Any]]:
+        """``FROM`` and ``WHERE`` (without the word) over ``events e`` and ``deliveries d``, with their arguments.
+
+        With a subject key, the walk starts from the subject's events (events_subject), then
+        their deliveries (deliveries_event): a handful of rows, however long the thread. CROSS
+        JOIN keeps that order (SQLite never reorders it) and INDEXED BY the index (deliveries_thread
+        matches more of the caller's terms, but per subject event it would walk the channel's
+        whole thread). Without one, from the thread's deliveries (deliveries_thread).
+        """
+        if self.key is None:
+            return f"deliveries d JOIN events e ON e.id = d.event_id WHERE {self.where}", list(self.args)
+        return (
+            "events e CROSS JOIN deliveries d INDEXED BY deliveries_event ON d.event_id = e.id"
+            f" WHERE e.subject_key = ? AND {self.where}",
+            [self.key, *self.args],
+        )
+
+
+#: A delivered row that made a post of its own in its channel: not an edit or strike of another
+#: post, which is recorded under that post's id (``original_ref``, set at claim, says which post
+#: the delivery was to change; '' none). So a correction posted anew, its original never having
+#: reached the channel, is that channel's post of the subject, to be corrected or withdrawn in
+#: its turn. Rows claimed before ``original_ref`` was recorded: the posts of new events, as then.
+_OWN_POST = (
+    "d.external_id IS NOT NULL AND CASE WHEN d.original_ref IS NULL THEN e.lifecycle = 'new'"
+    " ELSE d.external_id != d.original_ref END"
+)
 
 
 def _original(
@@ -947,50 +1031,76 @@ def _original(
 ) -> tuple[str, Severity] | None:
     """The external id of the post a correction or cancellation refers to in this channel, and what it shows.
 
-    The post is the latest delivered one that :func:`_superseded` admits in the event's thread:
-    after a preliminary and a final report the correction edits the final one's post; a
-    re-admission after an A11 is struck, not the first admission. The severity is that of the
-    latest event recorded against that post (its own, or an earlier correction's that edited it).
+    The post is the latest one the channel posted itself (:data:`_OWN_POST`) among the deliveries
+    of the events :func:`_superseded` admits in the event's thread: after a preliminary and a final
+    report the correction edits the final one's post; a re-admission after an A11 is struck, not
+    the first admission. The severity is that of the latest event recorded against that post (its
+    own, or an earlier correction's that edited it).
     """
     found = _superseded(event, supersedes)
     if found is None:
         return None
-    where, args = found
-    # d.thread_key is the event's thread key, copied at commit: it keeps both walks on deliveries_thread.
-    head = (
-        "SELECT d.external_id, e.severity FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ?"
-    )
-    scope = (event.thread_key, channel, DeliveryStatus.DELIVERED.value, seq)
+    source, args = found.source()
+    # d.thread_key is the event's thread key, copied at commit.
+    scope = " AND d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ?"
     row = conn.execute(
-        f"{head} AND d.external_id IS NOT NULL AND {where} ORDER BY d.event_seq DESC LIMIT 1", (*scope, *args)
+        f"SELECT d.external_id FROM {source}{scope} AND {_OWN_POST} ORDER BY d.event_seq DESC LIMIT 1",
+        (*args, event.thread_key, channel, DeliveryStatus.DELIVERED.value, seq),
     ).fetchone()
     if row is None:
         return None
     external_id = str(row[0])
     # An edit is recorded under the id of the post it edited (Slack's chat.update answers with its ts).
     latest = conn.execute(
-        f"{head} AND d.external_id = ? ORDER BY d.event_seq DESC LIMIT 1", (*scope, external_id)
+        "SELECT e.severity FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ? AND d.external_id = ?"
+        " ORDER BY d.event_seq DESC LIMIT 1",
+        (event.thread_key, channel, DeliveryStatus.DELIVERED.value, seq, external_id),
     ).fetchone()
-    return external_id, Severity(latest[1])
+    return external_id, Severity(latest[0])
+
+
+#: Why a follow-up is created dead: its channel's post of the subject is dead too.
+_ORIGINAL_DEAD = "original dead-lettered: replay it first (dlq replay sends both in order)"
 
 
 def _following(
-    conn: sqlite3.Connection, event: ClinicalEvent, routed: list[NewDelivery], supersedes: Supersedes
+    conn: sqlite3.Connection,
+    event: ClinicalEvent,
+    routed: list[NewDelivery],
+    supersedes: Supersedes,
+    configured: Collection[str] | None = None,
 ) -> list[NewDelivery]:
-    """The routed deliveries, then one to each other channel holding a post ``event`` corrects or cancels."""
+    """The routed deliveries, then one to each other channel holding a post ``event`` corrects or cancels.
+
+    ``configured``: the channels of the running config (None: any); a channel removed from it
+    gets no follow-up, which nobody would ever send. A channel whose posts of the subject are all
+    dead gets its follow-up dead too: ``dlq replay`` then sends the original and, after it in
+    thread order, the correction, instead of the stale original alone.
+    """
     channels = {d.channel for d in routed}
-    return [*routed, *(NewDelivery(c) for c in _holders(conn, event, supersedes) if c not in channels)]
+    return [
+        *routed,
+        *(
+            NewDelivery(channel, dead="" if alive else _ORIGINAL_DEAD)
+            for channel, alive in _holders(conn, event, supersedes)
+            if channel not in channels and (configured is None or channel in configured)
+        ),
+    ]
 
 
-def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Supersedes) -> list[str]:
-    """Channels holding a post that ``event`` corrects or cancels: delivered, or still to be sent.
+def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Supersedes) -> list[tuple[str, bool]]:
+    """Channels holding a post that ``event`` corrects or cancels, each with whether any of it is alive.
 
     A correction or cancellation must reach the post it supersedes whatever the routes say (a
     channel routed only critical results must see the critical value withdrawn). A post still
     pending counts: a channel that is slow or retrying would otherwise post the critical value
     later and never hear of its correction; by the time the correction is claimed there, the
-    claim's thread order has settled the original (delivered: edited; dead: posted anew).
+    claim's thread order has settled the original (delivered: edited; dead: posted anew). A dead
+    one counts too (not alive): replayed, it would show the value this event supersedes.
+
+    Any delivery of a superseded event counts, an edit as much as a post (a channel that got a
+    correction holds the subject's post either way).
 
     Updates (a reply: the return from leave, a no-show, a completed order) do not follow: they
     add to what a post says instead of making it wrong, they name no post (the catalogue gives
@@ -1000,10 +1110,17 @@ def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Superse
     found = _superseded(event, supersedes)
     if found is None:
         return []
-    where, args = found
+    source, args = found.source()
     rows = conn.execute(
-        "SELECT DISTINCT d.channel FROM deliveries d JOIN events e ON e.id = d.event_id"
-        f" WHERE d.thread_key=? AND d.status IN (?, ?, ?) AND {where} ORDER BY d.channel",
-        (event.thread_key, DeliveryStatus.DELIVERED.value, *_OPEN, *args),
+        f"SELECT d.channel, max(d.status != ?) FROM {source} AND d.thread_key=? AND d.status IN (?, ?, ?, ?)"
+        " GROUP BY d.channel ORDER BY d.channel",
+        (
+            DeliveryStatus.DEAD.value,
+            *args,
+            event.thread_key,
+            DeliveryStatus.DELIVERED.value,
+            *_OPEN,
+            DeliveryStatus.DEAD.value,
+        ),
     ).fetchall()
-    return [str(r[0]) for r in rows]
+    return [(str(r[0]), bool(r[1])) for r in rows]

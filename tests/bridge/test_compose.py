@@ -675,3 +675,96 @@ def test_a_date_is_never_shifted_by_a_time_zone(make_event: Any) -> None:
     for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
         event = make_event(type=EventType.APPOINTMENT_BOOKED, subject=Subject(kind="appointment", start="2024-07-01"))
         assert dict(compose(event, PhiLevel.NONE, Templates.load(timezone=ZoneInfo(zone)))[2])["Starts"] == "2024-07-01"
+
+
+# --- daylight saving time and dates: a Berlin sender shown in other zones (review #2 finding 11) ----
+
+
+def mapped_in_berlin(*segments: str) -> ClinicalEvent:
+    from bridge.mapping import MappingOptions
+
+    mapper = Mapper.load(MappingOptions(sender_timezone=ZoneInfo("Europe/Berlin")))
+    raw = ("\r".join(segments) + "\r").encode()
+    (event,) = mapper.map_hl7(parse(raw), message_id="dst", source="urn:test", received_at=RECEIVED, origin={})
+    return event
+
+
+@pytest.mark.parametrize(
+    ("msh7", "start", "zone", "time", "starts"),
+    [
+        pytest.param(
+            "20261025021500",
+            "20261025021500+0100",
+            "Europe/Berlin",
+            "2026-10-25 02:15 CEST",
+            "2026-10-25 02:15 CET",
+            id="fold-first-then-offset-given",
+        ),
+        pytest.param(
+            "20261025021500",
+            "20261025021500+0100",
+            "UTC",
+            "2026-10-25 00:15 UTC",
+            "2026-10-25 01:15 UTC",
+            id="fold-shown-in-utc",
+        ),
+        pytest.param(
+            "20260329023000",
+            "20260329023000+0200",
+            "Europe/Berlin",
+            "2026-03-29 03:30 CEST",
+            "2026-03-29 01:30 CET",
+            id="gap-the-moment-it-names",
+        ),
+        pytest.param(
+            "20260329023000", "20260329023000", "UTC", "2026-03-29 01:30 UTC", "2026-03-29 01:30 UTC", id="gap-in-utc"
+        ),
+        pytest.param(
+            "20261025000000", "20261025", "UTC", "2026-10-24 22:00 UTC", "2026-10-25", id="date-start-sender-berlin"
+        ),
+        pytest.param(
+            "20261101013000",
+            "20261101",
+            "America/New_York",
+            "2026-10-31 20:30 EDT",
+            "2026-11-01",
+            id="date-start-in-new-york",
+        ),
+    ],
+)
+def test_times_of_a_berlin_sender_across_dst_shown_in_the_sites_zone(
+    msh7: str, start: str, zone: str, time: str, starts: str
+) -> None:
+    msh = f"MSH|^~\\&|S|HOSP|X|Y|{msh7}||SIU^S12|c3|P|2.5"
+    event = mapped_in_berlin(msh, *S12_AT_14[1:-1], f"AIS|1||ECHO^Echo|{start}")
+    facts = dict(compose(event, PhiLevel.NONE, Templates.load(timezone=ZoneInfo(zone)))[2])
+    assert (facts["Time"], facts["Starts"]) == (time, starts)
+
+
+@pytest.mark.parametrize(
+    ("zone", "naive", "shown"),
+    [
+        ("Europe/Berlin", datetime(2026, 10, 25, 2, 15), "2026-10-25 02:15 CEST"),  # fold: the first
+        ("Europe/Berlin", datetime(2026, 3, 29, 2, 30), "2026-03-29 03:30 CEST"),  # gap: never "02:30 CET"
+        ("America/New_York", datetime(2026, 11, 1, 1, 30), "2026-11-01 01:30 EDT"),
+        ("America/New_York", datetime(2026, 3, 8, 2, 30), "2026-03-08 03:30 EDT"),
+    ],
+)
+def test_a_naive_time_follows_the_mappings_dst_rule(make_event: Any, zone: str, naive: datetime, shown: str) -> None:
+    event = make_event(occurred_at=naive)
+    assert dict(compose(event, PhiLevel.NONE, Templates.load(timezone=ZoneInfo(zone)))[2])["Time"] == shown
+
+
+@pytest.mark.parametrize(
+    ("zone", "time"),
+    [
+        ("UTC", "2026-10-25 06:30 UTC"),
+        ("Europe/Berlin", "2026-10-25 07:30 CET"),
+        ("America/New_York", "2026-10-25 02:30 EDT"),
+    ],
+)
+def test_a_day_precision_event_time_is_never_shown_as_midnight_or_the_day_before(zone: str, time: str) -> None:
+    # EVN-2 names the day only: the event time is MSH-7 (07:30 in Berlin), not 2026-10-24 22:00 UTC.
+    msh = "MSH|^~\\&|ADT|HOSP|X|Y|20261025073000||ADT^A01|c4|P|2.5"
+    event = mapped_in_berlin(msh, "EVN|A01|20261025", *A01_AT_8[2:])
+    assert dict(compose(event, PhiLevel.NONE, Templates.load(timezone=ZoneInfo(zone)))[2])["Time"] == time

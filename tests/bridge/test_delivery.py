@@ -571,7 +571,9 @@ C, W, N = Severity.CRITICAL, Severity.WARNING, Severity.NOTICE
     [
         pytest.param(Lifecycle.CORRECT, C, N, "ts-1", True, id="normal-to-critical"),
         pytest.param(Lifecycle.CORRECT, W, N, "ts-1", True, id="more-severe"),
-        pytest.param(Lifecycle.CORRECT, C, C, "ts-1", True, id="critical-stays-critical-with-a-new-value"),
+        # Review 2, finding 6: the post already shows a critical value and was alerted then; the same
+        # correction re-sent, or another critical value, edits without a second broadcast.
+        pytest.param(Lifecycle.CORRECT, C, C, "ts-1", False, id="critical-already-shown-only-edits"),
         pytest.param(Lifecycle.CORRECT, C, None, "ts-1", True, id="critical-whatever-was-shown"),
         pytest.param(Lifecycle.CORRECT, W, W, "ts-1", False, id="as-severe"),
         pytest.param(Lifecycle.CORRECT, N, C, "ts-1", False, id="critical-to-normal"),
@@ -694,3 +696,43 @@ async def test_alert_that_fails_for_good_leaves_the_correction_in_the_dead_lette
     status, _, _, last_error, _ = await row(store, correction)
     assert (status, last_error) == ("dead", "msg_too_long")
     assert adapter.kinds == [("edit", "ts-original"), ("post", "ts-original")]
+
+
+# --- the original is gone: the adapter posted the correction anew (review 2, findings 2 and 8) ---
+
+
+class GoneOriginalAdapter(EditThenAlertAdapter):
+    """Answers an edit as Slack's adapter does when the original was deleted: it posted anew, under a new id."""
+
+    async def send(self, payload: Post) -> SendResult:
+        if payload.original_ref is not None:
+            self.kinds.append(("edit", payload.original_ref))
+            self.sent.append(payload)
+            return SendResult(external_id=f"ts-anew-{len(self.sent)}", posted_anew=True)
+        return await super().send(payload)
+
+
+async def test_a_correction_posted_anew_is_recorded_as_its_own_post_and_not_alerted_twice(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    correction = await shown_then_corrected(store, make_entry, make_event, N, C)
+    adapter = GoneOriginalAdapter()
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    # The new post is the alert (a critical reply is broadcast): no second post.
+    assert adapter.kinds == [("edit", "ts-original")]
+    status, _, _, _, external_id = await row(store, correction)
+    assert (status, external_id) == ("delivered", "ts-anew-1")
+
+    # The next correction edits the post that is there: the one posted anew, not the deleted original.
+    again = make_event(
+        type=EventType.RESULT_CORRECTED,
+        severity=N,
+        subject=Subject(kind="result", key="LAB:F1"),
+        lifecycle=Lifecycle.CORRECT,
+        links={"corrects": "LAB:F1"},
+    )
+    await commit(store, make_entry, again)
+    claimed = await claim_one(store)
+    assert (claimed.event.id, claimed.original_ref, claimed.original_severity) == (again.id, "ts-anew-1", C)

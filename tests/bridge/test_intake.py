@@ -39,12 +39,17 @@ class GatedStore(SQLiteStore):
         self.fail = False
 
     async def commit_message(
-        self, entry: JournalEntry, events: list[tuple[Any, list[NewDelivery]]], *, dedup_window: float
+        self,
+        entry: JournalEntry,
+        events: list[tuple[Any, list[NewDelivery]]],
+        *,
+        dedup_window: float,
+        channels: Any = None,
     ) -> CommitResult:
         await self.gate.wait()
         if self.fail:
             raise StoreError("disk full")
-        return await super().commit_message(entry, events, dedup_window=dedup_window)
+        return await super().commit_message(entry, events, dedup_window=dedup_window, channels=channels)
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:

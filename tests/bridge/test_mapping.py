@@ -843,14 +843,15 @@ def test_hl7_dates_normalise_to_iso_or_stay_raw(text: str, date: str, iso: str) 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("20240115", datetime(2024, 1, 15, tzinfo=UTC)),
+        ("20240115", None),  # a day is not a moment (review #2 finding 11)
+        ("2024011510", datetime(2024, 1, 15, 10, 0, tzinfo=UTC)),
         ("20240115103000", datetime(2024, 1, 15, 10, 30, tzinfo=UTC)),
         ("20240115103000-0500", datetime(2024, 1, 15, 15, 30, tzinfo=UTC)),
         ("202401", None),
         ("", None),
     ],
 )
-def test_hl7_timestamp_needs_a_day_and_takes_naive_as_utc(text: str, expected: datetime | None) -> None:
+def test_hl7_timestamp_needs_an_hour_and_takes_naive_as_utc(text: str, expected: datetime | None) -> None:
     assert hl7_timestamp(text) == expected
 
 
@@ -1331,8 +1332,8 @@ def test_a_timestamp_without_a_utc_equivalent_is_none(text: str) -> None:
 
 
 def test_a_naive_timestamp_at_the_edge_of_time_is_none_where_the_sender_zone_pushes_it_over() -> None:
-    assert hl7_timestamp("00010101") == datetime(1, 1, 1, tzinfo=UTC)
-    assert hl7_timestamp("00010101", BERLIN) is None  # local midnight of year 1 is year 0 in UTC
+    assert hl7_timestamp("0001010100") == datetime(1, 1, 1, tzinfo=UTC)
+    assert hl7_timestamp("0001010100", BERLIN) is None  # local midnight of year 1 is year 0 in UTC
     assert hl7_timestamp("99991231235959", BERLIN) == datetime(9999, 12, 31, 23, 59, 59, tzinfo=BERLIN)
 
 
@@ -1553,3 +1554,60 @@ def test_the_links_are_facts_of_the_dedup_key_only() -> None:
     linked["rules"] = [{"type": "order.placed", "severity": "info", "links": {"x": "{links.cancels}"}}]
     with pytest.raises(MappingError, match="unknown placeholder"):
         Mapper.from_documents([("lab.yaml", linked)])
+
+
+# --- daylight saving time and dates in the sender's zone (review #2 finding 11) -------------------
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "utc", "iso"),
+    [
+        # Clocks go back: the repeated hour is its first occurrence (the offset before the change).
+        ("20261025021500", BERLIN, datetime(2026, 10, 25, 0, 15, tzinfo=UTC), "2026-10-25T02:15:00+02:00"),
+        ("20261025021500+0200", BERLIN, datetime(2026, 10, 25, 0, 15, tzinfo=UTC), "2026-10-25T02:15:00+02:00"),
+        ("20261025021500+0100", BERLIN, datetime(2026, 10, 25, 1, 15, tzinfo=UTC), "2026-10-25T02:15:00+01:00"),
+        ("20261101013000", NEW_YORK, datetime(2026, 11, 1, 5, 30, tzinfo=UTC), "2026-11-01T01:30:00-04:00"),
+        ("20261101013000-0500", NEW_YORK, datetime(2026, 11, 1, 6, 30, tzinfo=UTC), "2026-11-01T01:30:00-05:00"),
+        # Clocks go forward: a time no clock showed is a clock not yet put forward (the offset before).
+        ("20260329023000", BERLIN, datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "2026-03-29T02:30:00+01:00"),
+        ("20260329033000", BERLIN, datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "2026-03-29T03:30:00+02:00"),
+        ("20260329023000+0200", BERLIN, datetime(2026, 3, 29, 0, 30, tzinfo=UTC), "2026-03-29T02:30:00+02:00"),
+        ("20260308023000", NEW_YORK, datetime(2026, 3, 8, 7, 30, tzinfo=UTC), "2026-03-08T02:30:00-05:00"),
+        ("2026032902", BERLIN, datetime(2026, 3, 29, 1, 0, tzinfo=UTC), "2026-03-29T02:00:00+01:00"),
+    ],
+)
+def test_a_naive_time_at_a_dst_change_takes_the_offset_before_the_change(
+    text: str, zone: Any, utc: datetime, iso: str
+) -> None:
+    value = hl7_timestamp(text, zone)
+    assert value is not None
+    # A fixed offset: a ZoneInfo time in a fold or gap never equals a UTC time (PEP 495), this one does.
+    assert isinstance(value.tzinfo, timezone)
+    assert value == utc
+    assert hl7_datetime(text, zone) == iso
+
+
+@pytest.mark.parametrize(
+    ("evn_time", "expected"),
+    [
+        ("20261025021500", datetime(2026, 10, 25, 0, 15, tzinfo=UTC)),  # first 02:15
+        ("20261025021500+0100", datetime(2026, 10, 25, 1, 15, tzinfo=UTC)),  # the second, as sent
+        ("20260329023000", datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),  # in the gap: kept, +01:00
+        ("20261025", datetime(2024, 1, 15, 9, 30, tzinfo=UTC)),  # a day only: MSH-7 (10:30 in Berlin)
+        ("2026102512", datetime(2026, 10, 25, 11, 0, tzinfo=UTC)),  # an hour is a moment
+    ],
+)
+def test_the_event_time_of_a_berlin_sender_across_dst_and_at_day_precision(evn_time: str, expected: datetime) -> None:
+    event = one(Mapper.load(MappingOptions(sender_timezone=BERLIN)), admission(evn_time))
+    assert event.occurred_at == expected
+
+
+def test_a_day_precision_event_time_falls_back_to_msh7_else_the_receipt_time() -> None:
+    berlin = Mapper.load(MappingOptions(sender_timezone=BERLIN))
+    msh7 = datetime(2024, 1, 15, 10, 30, tzinfo=BERLIN)
+    lab = "OBR|1||F1|BMP^Basic metabolic panel" + "|" * 18 + "20261025|||F"
+    assert one(berlin, oru(lab, obx(1, "K", "4.0", "N", "F"))).occurred_at == msh7  # OBR-22 a day only
+    dated = MSH_ADT.format(trigger="A01").replace("20240115103000", "20240115")
+    assert one(berlin, hl7(dated, "EVN|A01|20261025", PID, PV1)).occurred_at == RECEIVED

@@ -97,3 +97,38 @@ def test_event_goes_to_union_of_matching_routes_each_channel_once(
     make_event: EventFactory, routes: list[RouteConfig], expected: list[str]
 ) -> None:
     assert Router.from_config(routes).channels_for(make_event(type=EventType.RESULT_FINAL)) == expected
+
+
+# --- a correction routes as the type it would have as a new event (catalogue routes_as; review 2, finding 1) ---
+
+
+@pytest.mark.parametrize(
+    ("severity", "routed"),
+    [
+        pytest.param(Severity.CRITICAL, True, id="critical-correction-reaches-critical-routes"),
+        pytest.param(Severity.WARNING, False, id="abnormal-correction-does-not"),
+        pytest.param(Severity.NOTICE, False, id="normal-correction-does-not"),
+    ],
+)
+def test_a_critical_correction_matches_the_routes_for_critical_results(
+    make_event: EventFactory, severity: Severity, routed: bool
+) -> None:
+    router = Router.from_config([route("oncall", types=["result.critical"])])
+    event = make_event(type=EventType.RESULT_CORRECTED, severity=severity)
+
+    assert router.channels_for(event) == (["oncall"] if routed else [])
+
+
+def test_routes_as_comes_from_the_catalogue_and_keeps_the_routes_other_filters(make_event: EventFactory) -> None:
+    routes = [
+        route("elsewhere", types=["result.critical"], facilities=["SOUTH"]),
+        route("oncall", types=["result.critical"], min_severity="critical"),
+        route("orders", types=["order.*"]),
+    ]
+    corrected = make_event(
+        type=EventType.RESULT_CORRECTED, severity=Severity.CRITICAL, encounter=encounter(facility="NORTH")
+    )
+
+    assert Router.from_config(routes).channels_for(corrected) == ["oncall"]
+    # The critical result itself is not routed as anything else.
+    assert Router.from_config(routes).also(make_event(type=EventType.RESULT_CRITICAL)) == ()

@@ -347,3 +347,84 @@ async def test_alert_whose_answer_was_lost_is_not_posted_twice(bridge: Bridge, s
 async def _delivered(bridge: Bridge, delivery_id: str) -> bool:
     rows = await bridge.runtime.store.query("SELECT status FROM deliveries WHERE id=?", (delivery_id,))
     return rows == [("delivered",)]
+
+
+# --- review 2: critical corrections route as critical results (1), own posts (2), lost originals (8) ---
+
+
+async def two_channels(make_bridge: Any, monkeypatch: pytest.MonkeyPatch, oncall: dict[str, Any]) -> Bridge:
+    """``slack`` gets everything; ``oncall`` what its route ``oncall`` matches."""
+    monkeypatch.setattr(SlackAdapter, "rate_per_sec", 200.0)
+    built: Bridge = await make_bridge(
+        channels={
+            "slack": {"type": "slack", "token": TOKEN, "channel": CHANNEL_ID, "phi": "full"},
+            "oncall": {"type": "slack", "token": TOKEN, "channel": ONCALL_ID, "phi": "full"},
+        },
+        routes=[
+            {"name": "everything", "channels": ["slack"]},
+            {"name": "oncall", "match": oncall, "channels": ["oncall"]},
+        ],
+        mapping={"mrn_authorities": [SITE]},
+    )
+    return built
+
+
+async def test_a_correction_to_a_critical_value_reaches_the_channel_routed_critical_results(
+    slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await two_channels(make_bridge, monkeypatch, {"types": ["result.critical"]})
+    await send(bridge, adt("A01", "20260301080000"), potassium("4.0", "N", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "admission and normal result in slack only")
+
+    await send(bridge, potassium("6.9", "HH", "C", "20260301100000"))
+    await eventually(lambda: len(in_channel(slack.posted(), ONCALL_ID)) == 1, "the critical correction in oncall")
+
+    (oncall,) = in_channel(slack.posted(), ONCALL_ID)
+    assert "6.9" in shown(oncall)
+    event = await delivered_event(bridge, oncall)
+    assert (event.type, event.severity) == ("result.corrected", "critical")
+
+
+async def test_a_correction_posted_anew_is_corrected_and_withdrawn_later(
+    slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await two_channels(make_bridge, monkeypatch, {"min_severity": "critical"})
+    await send(bridge, adt("A01", "20260301080000"), potassium("4.0", "N", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "admission and normal result in slack only")
+    await send(bridge, potassium("6.9", "HH", "C", "20260301100000"))
+    await eventually(lambda: len(in_channel(slack.posted(), ONCALL_ID)) == 1, "the correction posted in oncall")
+    (fresh,) = in_channel(slack.posted(), ONCALL_ID)
+
+    await send(bridge, potassium("4.1", "N", "C", "20260301103000"))
+    await eventually(lambda: len(in_channel(updates(slack), ONCALL_ID)) == 1, "the next correction edits it")
+    await send(bridge, potassium("4.1", "N", "W", "20260301110000"))
+    await eventually(lambda: len(in_channel(updates(slack), ONCALL_ID)) == 2, "the withdrawal strikes it")
+
+    corrected, withdrawn = in_channel(updates(slack), ONCALL_ID)
+    assert corrected.body["ts"] == withdrawn.body["ts"] == fresh.ts
+    assert "4.1" in shown(corrected) and "6.9" not in shown(corrected)
+    assert STRUCK.search(withdrawn.text)
+    assert len(in_channel(slack.posted(), ONCALL_ID)) == 1
+
+
+async def test_a_correction_of_a_deleted_post_is_posted_anew_and_later_ones_edit_that(
+    bridge: Bridge, slack: FakeSlack
+) -> None:
+    await send(bridge, adt("A01", "20260301080000"), potassium("5.6", "H", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the result")
+    admission, result = slack.posted()
+    # Retention deleted the result's post: Slack refuses to edit it.
+    slack.answer_first("5.9", httpx.Response(200, json={"ok": False, "error": "message_not_found"}))
+
+    await send(bridge, potassium("5.9", "H", "C", "20260301093000"))
+    await eventually(lambda: len(slack.posted()) == 3, "the correction posted anew")
+    anew = slack.posted()[2]
+    assert anew.body["thread_ts"] == admission.ts and "5.9" in shown(anew)
+    await send(bridge, potassium("6.0", "H", "C", "20260301100000"))
+    await eventually(lambda: len([u for u in updates(slack) if u.ok]) == 1, "the next correction")
+
+    (edit,) = [u for u in updates(slack) if u.ok]
+    assert edit.body["ts"] == anew.ts != result.ts
+    assert "6.0" in shown(edit)
+    rows = await bridge.runtime.store.query("SELECT count(*) FROM deliveries WHERE status = 'dead'")
+    assert rows == [(0,)]

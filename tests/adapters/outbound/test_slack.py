@@ -372,7 +372,8 @@ async def test_update_returns_the_original_ts(adapter: SlackAdapter, respx_mock:
         200, json={"ok": True, "channel": CHANNEL, "ts": "1700000000.000200"}
     )
     call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref="1700000000.000200"))
-    assert (await adapter.send(call)).external_id == "1700000000.000200"
+    result = await adapter.send(call)
+    assert (result.external_id, result.posted_anew) == ("1700000000.000200", False)
 
 
 async def test_reply_in_a_living_thread_logs_nothing(adapter: SlackAdapter, respx_mock: respx.MockRouter) -> None:
@@ -821,3 +822,41 @@ def test_base_url_trailing_slash_is_dropped() -> None:
     assert _config(base_url="https://proxy.hosp.example/slack/api/").base_url == (
         "https://proxy.hosp.example/slack/api"
     )
+
+
+# --- the post to edit is gone (review 2, finding 8) ------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ["message_not_found", "cant_update_message", "edit_window_closed"])
+@pytest.mark.parametrize(("lifecycle", "label"), [(Lifecycle.CORRECT, "Corrected"), (Lifecycle.CANCEL, "Cancelled")])
+async def test_an_update_of_a_post_that_is_gone_is_posted_anew_in_the_thread_under_its_label(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter, error: str, lifecycle: Lifecycle, label: str
+) -> None:
+    update = respx_mock.post(f"{BASE}/chat.update").mock(return_value=_slack_error(error))
+    answer = {"ok": True, "channel": CHANNEL, "ts": "1700000000.000900", "message": {"thread_ts": THREAD}}
+    post = respx_mock.post(f"{BASE}/chat.postMessage").mock(return_value=httpx.Response(200, json=answer))
+    call = adapter.render(_post(lifecycle=lifecycle, thread_ref=THREAD, original_ref=EARLIER, label=label))
+
+    with capture_logs() as logs:
+        result = await adapter.send(call)
+
+    assert (result.external_id, result.posted_anew) == ("1700000000.000900", True)
+    assert update.call_count == 1 and post.call_count == 1
+    sent = json.loads(post.calls.last.request.content)
+    assert sent == adapter.render(_post(lifecycle=lifecycle, thread_ref=THREAD, label=label)).body
+    assert sent["thread_ts"] == THREAD and "ts" not in sent
+    assert sent["text"].startswith(f"{label}: ") and "~" not in sent["text"]
+    assert sent["metadata"] == OURS
+    assert [entry["event"] for entry in logs] == ["slack.api_error", "slack.original_gone"]
+
+
+async def test_other_update_errors_still_fail_without_posting(
+    adapter: SlackAdapter, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(f"{BASE}/chat.update").mock(return_value=_slack_error("msg_too_long"))
+    post = respx_mock.post(f"{BASE}/chat.postMessage").mock(return_value=_posted())
+    call = adapter.render(_post(lifecycle=Lifecycle.CORRECT, original_ref=EARLIER, label="Corrected"))
+
+    with pytest.raises(Permanent, match="msg_too_long"):
+        await adapter.send(call)
+    assert post.call_count == 0

@@ -1031,7 +1031,7 @@ def test_time_of_receipt_when_the_resource_has_no_time(mapper: FhirMapper) -> No
         ("2024-01-15T10:25:00+01:00", datetime(2024, 1, 15, 10, 25, tzinfo=timezone(timedelta(hours=1)))),
         ("2024-01-15T10:25:00.123Z", datetime(2024, 1, 15, 10, 25, 0, 123000, tzinfo=UTC)),
         ("2024-01-15T10:25:00", datetime(2024, 1, 15, 10, 25, tzinfo=UTC)),
-        ("2024-01-15", datetime(2024, 1, 15, tzinfo=UTC)),
+        ("2024-01-15", None),  # a day is not a moment: the next source, else receipt
         ("2024-01", None),
         ("2024", None),
         ("2024-13-01", None),

@@ -834,7 +834,8 @@ async def test_mapped_order_change_and_cancellation_refer_to_the_post_of_the_ord
         await store.commit_message(make_entry(), routed(mapped(control, orc)), dedup_window=DAY)
         (claimed,) = await claim(store)
         refs.append(claimed.original_ref)
-        await store.mark_delivered(claimed.id, external_id=f"ts-{control}", thread_root=False)
+        # An edit is recorded under the id of the post it edited (recorded_send): it made no post of its own.
+        await store.mark_delivered(claimed.id, external_id=claimed.original_ref, thread_root=False)
 
     assert refs == ["ts-pl1", "ts-pl1"]
 
@@ -1206,7 +1207,7 @@ def test_supersedes_table_comes_from_the_catalogue() -> None:
 
 
 #: What the channel "holder" has of the thread (make_event overrides, and how its delivery ended), the
-#: event that follows (routed to "routed" only) and the channels it must reach.
+#: event that follows (routed to "routed" only) and the channels it must reach (":dead": created dead).
 FOLLOW_CASES = [
     pytest.param(
         [(fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "delivered")],
@@ -1235,8 +1236,8 @@ FOLLOW_CASES = [
     pytest.param(
         [(fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "dead")],
         correction(T.RESULT_CORRECTED, "LAB:F1"),
-        ["routed"],
-        id="3-dead-post-is-not-held",
+        ["holder:dead", "routed"],
+        id="rev2-4a-dead-post-gets-its-correction-dead-too",
     ),
     pytest.param(
         [(fact(T.RESULT_CRITICAL, "LAB:F1", thread_key="OTHER-VISIT"), "delivered")],
@@ -1284,9 +1285,10 @@ async def test_correction_or_cancellation_also_goes_to_every_channel_holding_its
     result = await store.commit_message(make_entry(), routed(event, channels=("routed",)), dedup_window=DAY)
 
     rows = await store.query("SELECT channel, status FROM deliveries WHERE event_id=? ORDER BY channel", (event.id,))
-    assert rows == [(c, "pending") for c in channels]
-    assert sorted(result.delivery_ids) == sorted(f"{event.id}.{c}" for c in channels)
-    assert sorted(result.channels) == channels
+    expected = [(c.partition(":")[0], c.partition(":")[2] or "pending") for c in channels]
+    assert rows == expected
+    assert sorted(result.delivery_ids) == sorted(f"{event.id}.{c}" for c, _ in expected)
+    assert sorted(result.channels) == [c for c, status in expected if status == "pending"]
 
 
 async def test_correction_routed_nowhere_still_edits_the_post_it_follows(
@@ -1442,13 +1444,129 @@ async def test_channels_holding_a_post_are_found_on_the_thread_index(store: SQLi
         lifecycle=Lifecycle.CORRECT,
         links={"corrects": "K"},
     )
-    where, args = sqlite_module._superseded(event, sqlite_module.supersedes_table()) or ("", [])
+    found = sqlite_module._superseded(event, sqlite_module.supersedes_table())
+    assert found is not None
+    source, args = found.source()
     plan = await store.query(
-        "EXPLAIN QUERY PLAN SELECT DISTINCT d.channel FROM deliveries d JOIN events e ON e.id = d.event_id"
-        f" WHERE d.thread_key=? AND d.status IN (?, ?, ?) AND {where}",
-        ("T", "delivered", "pending", "in_flight", *args),
+        f"EXPLAIN QUERY PLAN SELECT d.channel, max(d.status != ?) FROM {source} AND d.thread_key=?"
+        " AND d.status IN (?, ?, ?, ?) GROUP BY d.channel ORDER BY d.channel",
+        ("dead", *args, "T", "delivered", "pending", "in_flight", "dead"),
     )
-    details = " ".join(str(row[3]) for row in plan)
+    details = " | ".join(str(row[3]) for row in plan)
 
-    assert "SEARCH d USING INDEX deliveries_thread (thread_key=?)" in details, details
+    # Review 2, finding 9: from the subject's events, then their deliveries; never the whole thread.
+    assert details.startswith("SEARCH e USING INDEX events_subject (subject_key=?)"), details
+    assert "SEARCH d USING INDEX deliveries_event (event_id=?)" in details, details
+    assert "SCAN" not in details, details
+
+
+# --- review 2: own posts (2), dead originals (4a), configured channels (10), query plans (9) ---
+
+
+async def test_a_correction_posted_anew_is_corrected_and_withdrawn_in_its_turn(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    # The final report went elsewhere; this channel got the critical correction as a new post of its
+    # own (no original to edit). The next correction edits it, the withdrawal strikes it.
+    final = make_event(**fact(T.RESULT_FINAL, "LAB:F1"))
+    await store.commit_message(make_entry(), routed(final, channels=("other",)), dedup_window=DAY)
+    critical = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.CRITICAL))
+    await store.commit_message(make_entry(), routed(critical), dedup_window=DAY)
+    (posted,) = await claim(store)
+    assert posted.original_ref is None
+    await store.mark_delivered(posted.id, external_id="ts-fresh", thread_root=False)
+
+    refs = []
+    for then in (correction(T.RESULT_CORRECTED, "LAB:F1"), cancellation(T.RESULT_RETRACTED, "LAB:F1")):
+        event = make_event(**then)
+        result = await store.commit_message(make_entry(), routed(event, channels=("other",)), dedup_window=DAY)
+        assert "chan" in result.channels, "it follows the channel's own post of the subject"
+        (claimed,) = await claim(store)
+        refs.append((claimed.original_ref, claimed.original_severity))
+        await store.mark_delivered(claimed.id, external_id=claimed.original_ref, thread_root=False)
+
+    assert refs == [("ts-fresh", Severity.CRITICAL), ("ts-fresh", Severity.NOTICE)]
+
+
+async def test_rows_claimed_before_migration_6_count_as_posts_only_when_new(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    final = make_event(**fact(T.RESULT_FINAL, "LAB:F1"))
+    edit = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+    await store.commit_message(make_entry(), routed(final), dedup_window=DAY)
+    await deliver_in_order(store, ["ts-final"])
+    await store.commit_message(make_entry(), routed(edit), dedup_window=DAY)
+    # As an old row: an edit recorded under a new id, claimed before original_ref was kept.
+    await deliver_in_order(store, ["ts-old-edit"])
+    await store.query("UPDATE deliveries SET original_ref = NULL")
+    await store.commit_message(
+        make_entry(), routed(withdraw := make_event(**cancellation(T.RESULT_RETRACTED, "LAB:F1"))), dedup_window=DAY
+    )
+
+    (claimed,) = await claim(store)
+
+    assert (claimed.event.id, claimed.original_ref) == (withdraw.id, "ts-final")
+
+
+async def test_a_correction_of_a_dead_post_is_created_dead_and_replayed_after_it(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    critical = make_event(**fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL))
+    await store.commit_message(make_entry(), routed(critical, channels=("oncall",)), dedup_window=DAY)
+    (head,) = await claim(store, "oncall")
+    await store.mark_dead(head.id, error="slack down")
+    fix = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+
+    result = await store.commit_message(make_entry(), routed(fix, channels=("chan",)), dedup_window=DAY)
+
+    assert result.channels == ("chan",), "nothing to wake in oncall"
+    rows = await store.query("SELECT status FROM deliveries WHERE id=?", (f"{fix.id}.oncall",))
+    assert rows == [("dead",)]
+    assert await store.replay(None) == 2
+    (first,) = await claim(store, "oncall")
+    assert first.event.id == critical.id, "the original first, alone: the thread's order holds"
+    await store.mark_delivered(first.id, external_id="ts-critical", thread_root=False)
+    (second,) = await claim(store, "oncall")
+    assert (second.event.id, second.original_ref) == (fix.id, "ts-critical")
+
+
+async def test_a_correction_follows_its_post_only_to_configured_channels(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    critical = make_event(**fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL))
+    await store.commit_message(make_entry(), routed(critical, channels=("removed", "chan")), dedup_window=DAY)
+    for channel in ("removed", "chan"):
+        (head,) = await claim(store, channel)
+        await store.mark_delivered(head.id, external_id=f"ts-{channel}", thread_root=False)
+    fix = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+
+    result = await store.commit_message(make_entry(), [(fix, [])], dedup_window=DAY, channels=("chan", "other"))
+
+    assert result.delivery_ids == (f"{fix.id}.chan",)
+
+
+async def test_the_claims_original_lookup_starts_from_the_subjects_events(store: SQLiteStore) -> None:
+    event = ClinicalEvent(
+        id="e",
+        type=T.RESULT_CORRECTED,
+        occurred_at=RECEIVED,
+        source="urn:test",
+        thread_key="T",
+        dedup_key="d",
+        subject=Subject(kind="result", key="K"),
+        lifecycle=Lifecycle.CORRECT,
+        links={"corrects": "K"},
+    )
+    found = sqlite_module._superseded(event, sqlite_module.supersedes_table())
+    assert found is not None
+    source, args = found.source()
+    plan = await store.query(
+        f"EXPLAIN QUERY PLAN SELECT d.external_id FROM {source} AND d.thread_key=? AND d.channel=? AND d.status=?"
+        f" AND d.event_seq < ? AND {sqlite_module._OWN_POST} ORDER BY d.event_seq DESC LIMIT 1",
+        (*args, "T", "chan", "delivered", 10),
+    )
+    details = " | ".join(str(row[3]) for row in plan)
+
+    assert details.startswith("SEARCH e USING INDEX events_subject (subject_key=?)"), details
+    assert "SEARCH d USING INDEX deliveries_event (event_id=?)" in details, details
     assert "SCAN" not in details, details

@@ -482,3 +482,26 @@ def test_r01_the_same_critical_result_resent_from_another_bed_is_one_fact(map_on
     assert (in_icu.type.value, on_ward.encounter.location.unit) == ("result.critical", "4E")
     assert in_icu.thread_key == on_ward.thread_key == "enc:TESTHOSP:V555"
     assert in_icu.dedup_key == on_ward.dedup_key
+
+
+def test_r01_a_correction_without_obr22_resent_with_a_fresh_msh7_is_the_same_fact(map_one: Any) -> None:
+    # Review 2, finding 6: without OBR-22 the key was built from MSH-7, fresh in every resend, so the
+    # same correction was a new fact (and a new critical alert) each time it came.
+    def corrected(control: str, sent: str, value: str) -> ClinicalEvent:
+        return map_one(
+            f"""
+            {msh("R01", "2.6", control=control).replace("20240115103000", sent)}
+            {PID_ALPHA}
+            {PV1_ICU}
+            {obr(1, "FL1^LAB", "K^Potassium", "C", reported="")}
+            OBX|1|NM|K^Potassium||{value}|mmol/L|3.5-5.1|HH|||C
+            """
+        )
+
+    first = corrected("C1", "20240115103000", "6.9")
+    resent = corrected("C2", "20240115104500", "6.9")
+    other = corrected("C3", "20240115110000", "7.1")
+
+    assert first.type.value == "result.corrected"
+    assert first.dedup_key == resent.dedup_key
+    assert other.dedup_key != first.dedup_key

@@ -336,7 +336,8 @@ async def test_a_reschedule_edits_the_booked_post_of_the_same_appointment(
         assert claimed.event.lifecycle is Lifecycle.CORRECT
         # The second reschedule edits the same post again, not the first reschedule's.
         assert claimed.original_ref == "post-booked"
-        await store.mark_delivered(claimed.id, external_id=f"edit-{n}", thread_root=False)
+        # An edit is recorded under the id of the post it edited (bridge.delivery.recorded_send).
+        await store.mark_delivered(claimed.id, external_id=claimed.original_ref, thread_root=False)
 
 
 @pytest.mark.parametrize("trigger", ["S15", "S16", "S17"])
