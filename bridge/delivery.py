@@ -33,6 +33,7 @@ __all__ = [
     "RateLimiter",
     "RetryPolicy",
     "alert_for",
+    "also_struck",
     "edited_in_place",
     "recorded_send",
 ]
@@ -138,6 +139,19 @@ def alert_for(post: Post, shown: Severity | None) -> Post | None:
     if shown is not None and severity.rank <= shown.rank:
         return None
     return replace(post, original_ref=None)
+
+
+def also_struck(post: Post, claimed: ClaimedDelivery) -> list[Post]:
+    """The other posts a cancellation strikes besides ``post.original_ref``: the same post, one per older post.
+
+    A withdrawal strikes every post the channel made of its subject (``claimed.original_refs``:
+    the preliminary critical post as well as the final one), each by an edit in the same delivery,
+    after the latest. A correction edits the latest post only; an adapter that cannot edit
+    (``post.original_ref`` None) posts the cancellation once.
+    """
+    if post.original_ref is None or post.event.lifecycle is not Lifecycle.CANCEL:
+        return []
+    return [replace(post, original_ref=ref) for ref in claimed.original_refs if ref != post.original_ref]
 
 
 def edited_in_place(post: Post, result: SendResult) -> bool:
@@ -284,8 +298,13 @@ class ChannelWorker:
             payload = self.adapter.render(post)
             alert = alert_for(post, claimed.original_severity)
             alert_payload = self.adapter.render(alert) if alert is not None else None
+            strikes = [self.adapter.render(p) for p in also_struck(post, claimed)]
             await self.limiter.acquire()
             result = await self.adapter.send(payload)
+            for strike in strikes:
+                # Idempotent edits: a retry after one of them failed strikes them all again, harmlessly.
+                await self.limiter.acquire()
+                await self.adapter.send(strike)
             if alert_payload is not None and edited_in_place(post, result):
                 # After the edit, never before: a reply must not alert to a value the post does not show yet.
                 await self.limiter.acquire()

@@ -73,6 +73,10 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     #: Gave up (permanent error or attempts exhausted); ``dlq replay`` resurrects it.
     DEAD = "dead"
+    #: Not sent, for good: when it came to be sent (a replay), a later correction or cancellation of
+    #: its subject had already reached the channel, and sending it would bring back what that one
+    #: replaced. Audited (``delivery.superseded``); not a dead letter, since nothing is left to replay.
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,9 @@ class NewDelivery:
     #: Created dead with this error instead of pending: a correction or cancellation following a post
     #: that is dead in the channel (``dlq replay`` sends both, in thread order).
     dead: str = ""
+    #: The thread to deliver in, when not the event's own: a correction or cancellation goes in the
+    #: thread of the post it supersedes in that channel (claim order and thread root follow that post).
+    thread_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +164,15 @@ class ClaimedDelivery:
     event: ClinicalEvent
     #: External id of the thread root in this channel, if one was posted.
     thread_ref: str | None
-    #: External id of the post this event corrects or cancels, if found.
+    #: External id of the post this event corrects or cancels, if found (a cancellation: the latest of them).
     original_ref: str | None
     #: Severity of what the post ``original_ref`` shows: its event's, or that of the latest correction
     #: recorded against it. A correction more severe than that also alerts (``bridge.delivery.alert_for``).
     original_severity: Severity | None = None
+    #: Every post the event changes, latest first (``original_ref`` is the first): a correction edits
+    #: the latest post alone; a cancellation strikes each post of the subject the channel made (the
+    #: preliminary report's and the final one's), except older ones already struck.
+    original_refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +224,12 @@ class Store(Protocol):
         the window gets no deliveries.
 
         A correction or cancellation gets, besides its routed deliveries, one to
-        every other channel that holds a post it supersedes in its thread
-        (delivered or still to be sent; see :meth:`claim` for which post), so
-        it reaches that post whatever the routes say: of ``channels`` only (the
-        configured ones; None: any). Where that post is dead, so is the new
-        delivery, and ``dlq replay`` sends both in order.
+        every other channel that holds a post it supersedes (delivered or still
+        to be sent; see :meth:`claim` for which post), so it reaches that post
+        whatever the routes say: of ``channels`` only (the configured ones;
+        None: any). Where that post is dead, so is the new delivery, and ``dlq
+        replay`` sends both in order. In a channel holding the post, the
+        delivery goes in that post's thread, which may not be the event's own.
         """
         ...
 
@@ -245,11 +257,17 @@ class Store(Protocol):
 
         A correction's or cancellation's ``original_ref`` is the latest post its
         channel made itself (a delivery that posted, not one that edited or struck
-        another post) in its thread of an event it supersedes: of the types the
-        catalogue lists for its type and lifecycle, and, when its link names a
-        subject key, of that key and the same subject kind. A link naming event types takes the latest post of
-        those types (of the same subject unless it is the visit).
-        ``original_severity`` is the severity that post shows.
+        another post) of an event it supersedes: of the types the catalogue lists
+        for its type and lifecycle, and, when its link names a subject key, of
+        that key and the same subject kind, in any thread of the same patient. A
+        link naming event types takes the latest post of those types in the
+        delivery's thread (of the same subject unless it is the visit).
+        ``original_severity`` is the severity that post shows. A cancellation's
+        ``original_refs`` are every such post not struck already, latest first.
+
+        A delivery that a later correction or cancellation, already delivered in
+        the channel, made stale (a replay of a dead letter) is not handed out: it
+        is marked ``superseded`` and audited (``delivery.superseded``).
         """
         ...
 

@@ -194,6 +194,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN original_ref TEXT;
     """,
+    # 7: the patient of each event (its MRN, "authority|value"): a link by subject key is looked up
+    # across the patient's threads, never another patient's (a key two patients share). NULL in rows
+    # from before and for events without an MRN: not compared.
+    """
+    ALTER TABLE events ADD COLUMN patient TEXT;
+    """,
 )
 
 _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
@@ -537,7 +543,7 @@ class SQLiteStore:
                     status = EventStatus.UNROUTED
                 cur = conn.execute(
                     "INSERT INTO events (id, message_id, type, severity, lifecycle, thread_key, dedup_key,"
-                    " subject_key, subject_kind, status, created_at, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " subject_key, subject_kind, patient, status, created_at, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         event.id,
                         entry.id,
@@ -548,6 +554,7 @@ class SQLiteStore:
                         event.dedup_key,
                         event.subject.key if event.subject else None,
                         event.subject.kind if event.subject else None,
+                        _patient(event),
                         status.value,
                         entry.received_at,
                         event.model_dump_json(),
@@ -566,7 +573,7 @@ class SQLiteStore:
                             event.id,
                             seq,
                             d.channel,
-                            event.thread_key,
+                            d.thread_key or event.thread_key,
                             (DeliveryStatus.DEAD if error else DeliveryStatus.PENDING).value,
                             max(d.not_before, entry.received_at),
                             error,
@@ -665,7 +672,18 @@ class SQLiteStore:
                 except Exception as exc:  # boundary: one bad row must not stop the channel's other deliveries
                     _kill_undecodable(conn, channel, delivery_id, event_id, type(exc).__name__, now)
                     continue
-                original = _original(conn, channel, event, seq, supersedes)
+                original = _original(conn, channel, event, seq, thread_key, supersedes)
+                refs = original.refs if original else ()
+                later = _later(conn, channel, event, seq, thread_key, refs, supersedes)
+                if later is not None:
+                    # Sending it now (a replay) would bring back what a later event already replaced here.
+                    conn.execute(
+                        "UPDATE deliveries SET status=?, last_error=?, updated_at=? WHERE id=?",
+                        (DeliveryStatus.SUPERSEDED.value, f"superseded by event {later}", now, delivery_id),
+                    )
+                    _insert_audit(conn, "delivery.superseded", channel=channel, event_id=event_id, detail=later)
+                    log.info("store.delivery_superseded", channel=channel, delivery_id=delivery_id, by=later)
+                    continue
                 claimed.append(
                     ClaimedDelivery(
                         id=delivery_id,
@@ -673,8 +691,9 @@ class SQLiteStore:
                         attempts=attempts + 1,
                         event=event,
                         thread_ref=roots.get(thread_key),
-                        original_ref=original[0] if original else None,
-                        original_severity=original[1] if original else None,
+                        original_ref=refs[0] if refs else None,
+                        original_severity=original.severity if original else None,
+                        original_refs=refs,
                     )
                 )
             if claimed:
@@ -981,7 +1000,19 @@ def _superseded(event: ClinicalEvent, supersedes: Supersedes) -> _Superseded | N
     if subject is not None:
         sql += " AND (e.subject_kind = ? OR e.subject_kind IS NULL)"
         args.append(subject.kind)
-    return _Superseded(sql, args, key)
+    return _Superseded(sql, args, key, tuple(types), _patient(event))
+
+
+def _patient(event: ClinicalEvent) -> str | None:
+    """The patient an event is about, as stored (``events.patient``): its MRN "authority|value"; None without one."""
+    mrn = event.patient.mrn
+    return f"{mrn.authority or ''}|{mrn.value}" if mrn is not None else None
+
+
+def _same_patient(a: ClinicalEvent, b: ClinicalEvent) -> bool:
+    """False only when both events have an MRN and they differ (as the store's guard compares them)."""
+    first, second = _patient(a), _patient(b)
+    return first is None or second is None or first == second
 
 
 @dataclass(frozen=True, slots=True)
@@ -992,22 +1023,33 @@ class _Superseded:
     args: list[Any]
     #: Their subject key, if the link names one (or names types of a subject other than the visit).
     key: str | None
+    #: The event types the condition admits.
+    types: tuple[str, ...] = ()
+    #: The superseding event's patient (:func:`_patient`): a subject key is looked up among that patient's events.
+    patient: str | None = None
 
-    def source(self) -> tuple[str, list[Any]]:
+    def source(self, thread_key: str) -> tuple[str, list[Any]]:
         """``FROM`` and ``WHERE`` (without the word) over ``events e`` and ``deliveries d``, with their arguments.
 
-        With a subject key, the walk starts from the subject's events (events_subject), then
-        their deliveries (deliveries_event): a handful of rows, however long the thread. CROSS
-        JOIN keeps that order (SQLite never reorders it) and INDEXED BY the index (deliveries_thread
-        matches more of the caller's terms, but per subject event it would walk the channel's
-        whole thread). Without one, from the thread's deliveries (deliveries_thread).
+        With a subject key, the subject's posts in any thread (an original with its visit number,
+        its correction without a PV1 falls back to the patient's thread), of the same patient
+        when both events name one (a key two patients share never reaches the other's post). The
+        walk starts from the subject's events (events_subject), then their deliveries
+        (deliveries_event): a handful of rows, however long the thread. CROSS JOIN keeps that
+        order (SQLite never reorders it) and INDEXED BY the index (deliveries_thread matches more
+        of the caller's terms, but per subject event it would walk the channel's whole thread).
+        Without a key (a link naming event types: the visit's), the deliveries of ``thread_key``
+        (deliveries_thread).
         """
         if self.key is None:
-            return f"deliveries d JOIN events e ON e.id = d.event_id WHERE {self.where}", list(self.args)
+            return (
+                f"deliveries d JOIN events e ON e.id = d.event_id WHERE d.thread_key = ? AND {self.where}",
+                [thread_key, *self.args],
+            )
         return (
             "events e CROSS JOIN deliveries d INDEXED BY deliveries_event ON d.event_id = e.id"
-            f" WHERE e.subject_key = ? AND {self.where}",
-            [self.key, *self.args],
+            f" WHERE e.subject_key = ? AND (e.patient IS NULL OR ? IS NULL OR e.patient = ?) AND {self.where}",
+            [self.key, self.patient, self.patient, *self.args],
         )
 
 
@@ -1022,42 +1064,137 @@ _OWN_POST = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Original:
+    """The posts a correction or cancellation changes in a channel, and the severity the latest shows."""
+
+    #: External ids, latest first: one for a correction; every own post of the subject for a cancellation.
+    refs: tuple[str, ...]
+    severity: Severity
+
+
 def _original(
     conn: sqlite3.Connection,
     channel: str,
     event: ClinicalEvent,
     seq: int,
+    thread_key: str,
     supersedes: Supersedes,
-) -> tuple[str, Severity] | None:
-    """The external id of the post a correction or cancellation refers to in this channel, and what it shows.
+) -> _Original | None:
+    """The posts a correction or cancellation refers to in this channel, and what the latest of them shows.
 
-    The post is the latest one the channel posted itself (:data:`_OWN_POST`) among the deliveries
-    of the events :func:`_superseded` admits in the event's thread: after a preliminary and a final
-    report the correction edits the final one's post; a re-admission after an A11 is struck, not
-    the first admission. The severity is that of the latest event recorded against that post (its
-    own, or an earlier correction's that edited it).
+    A correction edits the latest post the channel made itself (:data:`_OWN_POST`) among the
+    deliveries of the events :func:`_superseded` admits (by subject key in any thread of the
+    patient; by event types in the delivery's thread, ``thread_key``): after a preliminary and a
+    final report it edits the final one's post; a re-admission after an A11 is struck, not the
+    first admission. A cancellation strikes every such post (the preliminary critical post as
+    well as the final one), the latest first, except older ones already struck by a cancellation
+    (a re-booking cancelled again leaves the first cancellation's post as it was). The severity is
+    that of the latest event recorded against the latest post (its own, or an earlier
+    correction's that edited it).
     """
     found = _superseded(event, supersedes)
     if found is None:
         return None
-    source, args = found.source()
-    # d.thread_key is the event's thread key, copied at commit.
-    scope = " AND d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ?"
-    row = conn.execute(
-        f"SELECT d.external_id FROM {source}{scope} AND {_OWN_POST} ORDER BY d.event_seq DESC LIMIT 1",
-        (*args, event.thread_key, channel, DeliveryStatus.DELIVERED.value, seq),
-    ).fetchone()
-    if row is None:
+    source, args = found.source(thread_key)
+    only_latest = "" if event.lifecycle is Lifecycle.CANCEL else " LIMIT 1"
+    rows = conn.execute(
+        f"SELECT d.external_id, d.thread_key FROM {source} AND d.channel=? AND d.status=? AND d.event_seq < ?"
+        f" AND {_OWN_POST} ORDER BY d.event_seq DESC{only_latest}",
+        (*args, channel, DeliveryStatus.DELIVERED.value, seq),
+    ).fetchall()
+    refs: list[str] = []
+    severity: Severity | None = None
+    # Each post once, latest first, with its thread (an edit is recorded in the thread of the post it edits).
+    for external_id, post_thread in dict((str(r[0]), str(r[1])) for r in rows).items():
+        # An edit is recorded under the id of the post it edited (Slack's chat.update answers with its ts).
+        shown = conn.execute(
+            "SELECT e.severity, e.lifecycle FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ? AND d.external_id = ?"
+            " ORDER BY d.event_seq DESC LIMIT 1",
+            (post_thread, channel, DeliveryStatus.DELIVERED.value, seq, external_id),
+        ).fetchone()
+        if severity is None:
+            severity = Severity(shown[0])
+        elif shown[1] == Lifecycle.CANCEL.value:
+            continue
+        refs.append(external_id)
+    if severity is None:
         return None
-    external_id = str(row[0])
-    # An edit is recorded under the id of the post it edited (Slack's chat.update answers with its ts).
-    latest = conn.execute(
-        "SELECT e.severity FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.thread_key=? AND d.channel=? AND d.status=? AND d.event_seq < ? AND d.external_id = ?"
-        " ORDER BY d.event_seq DESC LIMIT 1",
-        (event.thread_key, channel, DeliveryStatus.DELIVERED.value, seq, external_id),
-    ).fetchone()
-    return external_id, Severity(latest[0])
+    return _Original(tuple(refs), severity)
+
+
+def _later(
+    conn: sqlite3.Connection,
+    channel: str,
+    event: ClinicalEvent,
+    seq: int,
+    thread_key: str,
+    refs: tuple[str, ...],
+    supersedes: Supersedes,
+) -> str | None:
+    """The id of a later correction or cancellation already delivered in this channel that makes this delivery stale.
+
+    A delivery is claimed in its thread's order, so a later event of its subject can be
+    delivered first only when this one was dead meanwhile (a replay, or a correction that lost
+    its original's thread): sent now, it would put back what that later event replaced.
+
+    - A correction or cancellation is stale once a later one was delivered against one of its
+      posts (``refs``), or against the same subject: the same target key (of the same patient),
+      or, for links naming event types, some of the same types in the same thread. Correction
+      C1 dead, C2 delivered: replaying C1 would put C1's value back on the post.
+    - A post of its own (lifecycle new) is stale once a later correction or cancellation that
+      supersedes it was delivered: replaying a withdrawn result or a cancelled admission would
+      show it as current; replaying a report a later correction already replaced would show the
+      old value beside the new one.
+
+    Updates are never stale: they reply, and replace nothing.
+    """
+    if event.lifecycle is Lifecycle.UPDATE:
+        return None
+    changes = (Lifecycle.CORRECT.value, Lifecycle.CANCEL.value)
+    scope = " AND d.channel=? AND d.status=? AND d.event_seq > ? AND e.lifecycle IN (?, ?)"
+    scoped = (channel, DeliveryStatus.DELIVERED.value, seq, *changes)
+    rows = conn.execute(
+        "SELECT e.id, e.body, d.thread_key, d.external_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f" WHERE d.thread_key=?{scope}",
+        (thread_key, *scoped),
+    ).fetchall()
+    # A visit's events name what they cancel by type, in the thread: its key (the visit number) links nothing.
+    if event.subject is not None and event.subject.key and event.subject.kind != "encounter":
+        rows += conn.execute(
+            "SELECT e.id, e.body, d.thread_key, d.external_id FROM events e"
+            f" CROSS JOIN deliveries d INDEXED BY deliveries_event ON d.event_id = e.id WHERE e.subject_key=?{scope}",
+            (event.subject.key, *scoped),
+        ).fetchall()
+    if not rows:
+        return None
+    own = _superseded(event, supersedes)
+    for later_id, body, later_thread, external_id in rows:
+        try:
+            later = ClinicalEvent.model_validate_json(body)
+        except Exception:  # boundary: an undecodable later row decides nothing (its own claim dead-letters it)
+            continue
+        found = _superseded(later, supersedes)
+        if found is None or not _same_patient(event, later):
+            continue
+        if found.key is None and later_thread != thread_key:
+            continue
+        if event.lifecycle is Lifecycle.NEW:
+            sql = f"SELECT 1 FROM events e WHERE e.id = ? AND {found.where}"
+            args: list[Any] = [event.id, *found.args]
+            if found.key is not None:
+                sql += " AND e.subject_key = ?"
+                args.append(found.key)
+            if conn.execute(sql, args).fetchone():
+                return str(later_id)
+        elif external_id in refs or (
+            own is not None
+            and own.key == found.key
+            and (own.key is not None or (later_thread == thread_key and set(own.types) & set(found.types)))
+        ):
+            return str(later_id)
+    return None
 
 
 #: Why a follow-up is created dead: its channel's post of the subject is dead too.
@@ -1077,20 +1214,26 @@ def _following(
     gets no follow-up, which nobody would ever send. A channel whose posts of the subject are all
     dead gets its follow-up dead too: ``dlq replay`` then sends the original and, after it in
     thread order, the correction, instead of the stale original alone.
+
+    In a channel holding a post, routed or followed, the delivery goes in the thread of that post
+    (the event's own thread may be another: a correction without the visit number of its original
+    falls back to the patient's thread), so it is claimed after it and replies under its root.
     """
+    held = _holders(conn, event, supersedes)
+    threads = {channel: thread for channel, _, thread in held}
     channels = {d.channel for d in routed}
     return [
-        *routed,
+        *(replace(d, thread_key=threads[d.channel]) if d.channel in threads else d for d in routed),
         *(
-            NewDelivery(channel, dead="" if alive else _ORIGINAL_DEAD)
-            for channel, alive in _holders(conn, event, supersedes)
+            NewDelivery(channel, dead="" if alive else _ORIGINAL_DEAD, thread_key=thread)
+            for channel, alive, thread in held
             if channel not in channels and (configured is None or channel in configured)
         ),
     ]
 
 
-def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Supersedes) -> list[tuple[str, bool]]:
-    """Channels holding a post that ``event`` corrects or cancels, each with whether any of it is alive.
+def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Supersedes) -> list[tuple[str, bool, str]]:
+    """Channels holding a post that ``event`` corrects or cancels, each with whether any of it is alive and its thread.
 
     A correction or cancellation must reach the post it supersedes whatever the routes say (a
     channel routed only critical results must see the critical value withdrawn). A post still
@@ -1100,7 +1243,7 @@ def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Superse
     one counts too (not alive): replayed, it would show the value this event supersedes.
 
     Any delivery of a superseded event counts, an edit as much as a post (a channel that got a
-    correction holds the subject's post either way).
+    correction holds the subject's post either way). The thread is that of the latest of them.
 
     Updates (a reply: the return from leave, a no-show, a completed order) do not follow: they
     add to what a post says instead of making it wrong, they name no post (the catalogue gives
@@ -1110,17 +1253,20 @@ def _holders(conn: sqlite3.Connection, event: ClinicalEvent, supersedes: Superse
     found = _superseded(event, supersedes)
     if found is None:
         return []
-    source, args = found.source()
+    source, args = found.source(event.thread_key)
     rows = conn.execute(
-        f"SELECT d.channel, max(d.status != ?) FROM {source} AND d.thread_key=? AND d.status IN (?, ?, ?, ?)"
-        " GROUP BY d.channel ORDER BY d.channel",
+        f"SELECT d.channel, d.status != ?, d.thread_key FROM {source} AND d.status IN (?, ?, ?, ?)"
+        " ORDER BY d.event_seq",
         (
             DeliveryStatus.DEAD.value,
             *args,
-            event.thread_key,
             DeliveryStatus.DELIVERED.value,
             *_OPEN,
             DeliveryStatus.DEAD.value,
         ),
     ).fetchall()
-    return [(str(r[0]), bool(r[1])) for r in rows]
+    holders: dict[str, tuple[bool, str]] = {}
+    for channel, alive, thread in rows:
+        before = holders.get(channel)
+        holders[channel] = (bool(alive) or (before is not None and before[0]), str(thread))
+    return [(channel, alive, thread) for channel, (alive, thread) in sorted(holders.items())]

@@ -736,3 +736,111 @@ async def test_a_correction_posted_anew_is_recorded_as_its_own_post_and_not_aler
     await commit(store, make_entry, again)
     claimed = await claim_one(store)
     assert (claimed.event.id, claimed.original_ref, claimed.original_severity) == (again.id, "ts-anew-1", C)
+
+
+# --- review 2, finding 3: a withdrawal strikes every post of the subject, in one delivery ---
+
+
+async def withdrawn_after_two_posts(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> ClinicalEvent:
+    """A preliminary critical report delivered as ts-prelim, its final report as ts-final, then the withdrawal."""
+    for type_, severity, external_id in (
+        (EventType.RESULT_PRELIMINARY, C, "ts-prelim"),
+        (EventType.RESULT_FINAL, N, "ts-final"),
+    ):
+        await commit(
+            store, make_entry, make_event(type=type_, severity=severity, subject=Subject(kind="result", key="LAB:F1"))
+        )
+        await store.mark_delivered((await claim_one(store)).id, external_id=external_id, thread_root=False)
+    withdrawal = make_event(
+        type=EventType.RESULT_RETRACTED,
+        subject=Subject(kind="result", key="LAB:F1"),
+        lifecycle=Lifecycle.CANCEL,
+        links={"cancels": "LAB:F1"},
+    )
+    await commit(store, make_entry, withdrawal)
+    return withdrawal
+
+
+async def test_a_withdrawal_strikes_each_post_of_the_report_and_records_the_latest(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    withdrawal = await withdrawn_after_two_posts(store, make_entry, make_event)
+    adapter = EditThenAlertAdapter()
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    assert adapter.kinds == [("edit", "ts-final"), ("edit", "ts-prelim")]
+    assert all(p.event.id == withdrawal.id for p in adapter.sent)
+    status, _, _, _, external_id = await row(store, withdrawal)
+    assert (status, external_id) == ("delivered", "ts-final")
+
+
+async def test_a_strike_that_fails_retries_the_whole_withdrawal(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    withdrawal = await withdrawn_after_two_posts(store, make_entry, make_event)
+
+    class SecondStrikeFails(EditThenAlertAdapter):
+        async def send(self, payload: Post) -> SendResult:
+            if payload.original_ref == "ts-prelim" and not any(k == ("edit", "ts-prelim") for k in self.kinds):
+                self.kinds.append(("edit", "ts-prelim"))
+                raise Retryable("timeout")
+            return await super().send(payload)
+
+    adapter = SecondStrikeFails()
+    worker = make_worker(adapter)
+    await worker.deliver(await claim_one(store))
+    assert (await row(store, withdrawal))[0] == "pending"
+
+    await worker.deliver(await claim_one(store, later=1.0))
+
+    assert adapter.kinds == [("edit", "ts-final"), ("edit", "ts-prelim")] * 2
+    assert (await row(store, withdrawal))[0::4] == ("delivered", "ts-final")
+
+
+async def test_an_adapter_that_cannot_edit_posts_the_withdrawal_once(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    withdrawal = await withdrawn_after_two_posts(store, make_entry, make_event)
+    adapter = UnthreadedAdapter()
+
+    await make_worker(adapter).deliver(await claim_one(store))
+
+    assert [p.original_ref for p in adapter.sent] == [None]
+    assert (await row(store, withdrawal))[0] == "delivered"
+
+
+# --- review 2, finding 4b: a replayed correction that a later one replaced is not sent ---
+
+
+async def test_a_replayed_correction_a_later_correction_replaced_is_not_sent(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
+) -> None:
+    first = await shown_then_corrected(store, make_entry, make_event, N, C)
+    # The edit lands, the alert fails for good: the correction is dead although the post shows it.
+    adapter = EditThenAlertAdapter([Permanent("msg_too_long")])
+    worker = make_worker(adapter)
+    await worker.deliver(await claim_one(store))
+    assert (await row(store, first))[0] == "dead"
+    second = make_event(
+        type=EventType.RESULT_CORRECTED,
+        severity=N,
+        subject=Subject(kind="result", key="LAB:F1"),
+        lifecycle=Lifecycle.CORRECT,
+        links={"corrects": "LAB:F1"},
+    )
+    await commit(store, make_entry, second)
+    await worker.deliver(await claim_one(store))
+    sent = list(adapter.kinds)
+
+    assert await store.replay(None) == 1
+    async with running(worker):
+        await settled(store, 2)
+        async with asyncio.timeout(2.0):
+            while (await row(store, first))[0] != "superseded":
+                await asyncio.sleep(0.005)
+
+    assert adapter.kinds == sent, "the post keeps the later correction: nothing is sent again"
+    assert adapter.sent[-1].event.id == second.id

@@ -277,15 +277,19 @@ async def test_correction_and_withdrawal_reach_the_final_post_in_every_channel_t
     await send(bridge, potassium("4.9", "N", "C", "20260301100000"))
     await eventually(lambda: len(updates(slack)) == 2, "the correction in both channels")
     await send(bridge, potassium("4.9", "N", "W", "20260301103000"))
-    await eventually(lambda: len(updates(slack)) == 4, "the withdrawal in both channels")
+    await eventually(lambda: len(updates(slack)) == 5, "the withdrawal in both channels")
 
     for channel, post in ((CHANNEL_ID, final), (ONCALL_ID, oncall_final)):
-        corrected, withdrawn = in_channel(updates(slack), channel)
+        corrected, withdrawn, *older = in_channel(updates(slack), channel)
         assert corrected.ok and withdrawn.ok
-        # The final report's post, not the preliminary one's, is corrected and then struck.
+        # The final report's post, not the preliminary one's, is corrected; the withdrawal strikes it first.
         assert corrected.body["ts"] == withdrawn.body["ts"] == post.ts != preliminary.ts
         assert "4.9" in shown(corrected) and "6.9" not in shown(corrected)
         assert STRUCK.search(withdrawn.text)
+        # Review 2, finding 3: and every older post of the report the channel made, the preliminary one too.
+        assert [(u.ok, u.body["ts"], bool(STRUCK.search(u.text))) for u in older] == (
+            [(True, preliminary.ts, True)] if channel == CHANNEL_ID else []
+        )
     # From critical to normal: edits only, nothing posted anew.
     assert len(slack.posted()) == 4
     assert admission.ts != final.ts
@@ -428,3 +432,75 @@ async def test_a_correction_of_a_deleted_post_is_posted_anew_and_later_ones_edit
     assert "6.0" in shown(edit)
     rows = await bridge.runtime.store.query("SELECT count(*) FROM deliveries WHERE status = 'dead'")
     assert rows == [(0,)]
+
+
+# --- review 2: stale replays (4b), a correction without the visit number of its original (7) ---
+
+
+def potassium_without_visit(value: str, flag: str, status: str, when: str) -> bytes:
+    """``potassium`` without its PV1: the sender left the visit out, the event falls back to the patient's thread."""
+    return b"\r".join(line for line in potassium(value, flag, status, when).split(b"\r") if not line.startswith(b"PV1"))
+
+
+async def test_a_replayed_correction_does_not_overwrite_the_later_one(bridge: Bridge, slack: FakeSlack) -> None:
+    await send(bridge, adt("A01", "20260301080000"), potassium("4.0", "N", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the result")
+    result = slack.posted()[1]
+    # The 6.9 correction's edit lands; its alert is refused for good: the correction is dead.
+    edited = httpx.Response(200, json={"ok": True, "channel": CHANNEL_ID, "ts": result.ts})
+    slack.answer_first("6.9", edited, httpx.Response(200, json={"ok": False, "error": "msg_too_long"}))
+    await send(bridge, potassium("6.9", "HH", "C", "20260301100000"))
+    (dead,) = await _eventually_dead(bridge)
+    await send(bridge, potassium("5.0", "N", "C", "20260301103000"))
+    await eventually(lambda: any("5.0" in shown(u) for u in updates(slack)), "the later correction")
+    before = len(slack.calls)
+
+    assert await bridge.runtime.store.replay([dead]) == 1
+    bridge.runtime.dispatcher.wake(["slack"])
+    await eventually(lambda: _status(bridge, dead, "superseded"), "the replayed correction found stale")
+
+    assert slack.calls[before:] == [], "nothing sent: the post keeps 5.0"
+    last = [u for u in updates(slack) if u.body["ts"] == result.ts][-1]
+    assert "5.0" in shown(last) and "6.9" not in shown(last)
+
+
+async def _eventually_dead(bridge: Bridge) -> list[str]:
+    found: list[str] = []
+
+    async def dead() -> bool:
+        found[:] = [r.id for r in await bridge.runtime.store.dead_letters()]
+        return bool(found)
+
+    await eventually(dead, "the correction dead-lettered")
+    return found
+
+
+async def _status(bridge: Bridge, delivery_id: str, status: str) -> bool:
+    rows = await bridge.runtime.store.query("SELECT status FROM deliveries WHERE id=?", (delivery_id,))
+    return rows == [(status,)]
+
+
+async def test_a_correction_without_the_visit_number_edits_the_original_in_every_channel(
+    slack: FakeSlack, make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await two_channels(make_bridge, monkeypatch, {"types": ["result.critical"]})
+    await send(bridge, adt("A01", "20260301080000"), potassium("6.9", "HH", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 3, "admission and result in slack, result in oncall")
+    admission, result = in_channel(slack.posted(), CHANNEL_ID)
+    (oncall,) = in_channel(slack.posted(), ONCALL_ID)
+
+    await send(bridge, potassium_without_visit("4.9", "N", "C", "20260301100000"))
+    await eventually(lambda: len(updates(slack)) == 2, "the correction in both channels")
+
+    for channel, post in ((CHANNEL_ID, result), (ONCALL_ID, oncall)):
+        (edit,) = in_channel(updates(slack), channel)
+        assert edit.ok and edit.body["ts"] == post.ts
+        assert "4.9" in shown(edit) and "6.9" not in shown(edit)
+    assert len(slack.posted()) == 3, "edits only: nothing posted anew, no stray thread"
+    corrected = await delivered_event(bridge, updates(slack)[0])
+    assert corrected.thread_key.startswith("pat:"), "the correction itself is in the patient's thread"
+    threads = await bridge.runtime.store.query(
+        "SELECT DISTINCT d.thread_key FROM deliveries d WHERE d.event_id = ?", (corrected.id,)
+    )
+    assert threads == [((await delivered_event(bridge, result)).thread_key,)]
+    assert admission.ts == result.body["thread_ts"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import StoreError
-from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity, Subject
+from bridge.events import ClinicalEvent, EventType, Identifier, Lifecycle, Patient, Severity, Subject
 from bridge.hl7.reader import parse
 from bridge.mapping import Mapper
 from bridge.store import (
@@ -1058,6 +1058,8 @@ def cancellation(type_: EventType, key: str | None, **extra: Any) -> dict[str, A
 
 VISIT = "V-TEST-0001"
 T = EventType
+#: Another patient, whose report may carry a filler number that collides with one of the default patient's.
+OTHER_PATIENT = Patient(mrn=Identifier(value="MRN-TEST-0002", authority="TESTHOSP"), family="Testpatient")
 #: (what the channel showed, as make_event overrides and the external id the delivery recorded: a new
 #: post's own id, an edit the id of the post it edited, as Slack answers), the event that follows, and the
 #: post it must edit or strike (None: nothing qualifies, it is posted anew).
@@ -1157,8 +1159,31 @@ SUPERSEDES_CASES = [
     pytest.param(
         [(fact(T.RESULT_FINAL, "LAB:F1", thread_key="OTHER-VISIT"), "ts-other-visit")],
         correction(T.RESULT_CORRECTED, "LAB:F1"),
+        "ts-other-visit",
+        id="rev2-7-a-subject-key-reaches-the-patients-post-in-another-thread",
+    ),
+    pytest.param(
+        [({**fact(T.RESULT_FINAL, "LAB:F1", thread_key="OTHER-VISIT"), "patient": OTHER_PATIENT}, "ts-other")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
         None,
-        id="only-in-its-own-thread",
+        id="rev2-7-never-another-patients-post-of-the-same-key",
+    ),
+    pytest.param(
+        [
+            (fact(T.ENCOUNTER_ADMITTED, VISIT, thread_key="OTHER-VISIT"), "ts-other-admit"),
+        ],
+        cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"),
+        None,
+        id="a-link-naming-types-stays-in-its-thread",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_PRELIMINARY, "LAB:F1", severity=Severity.CRITICAL), "ts-prelim"),
+            (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+        ],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
+        "ts-final",
+        id="rev2-3-a-correction-edits-the-latest-post-only",
     ),
 ]
 
@@ -1242,8 +1267,20 @@ FOLLOW_CASES = [
     pytest.param(
         [(fact(T.RESULT_CRITICAL, "LAB:F1", thread_key="OTHER-VISIT"), "delivered")],
         correction(T.RESULT_CORRECTED, "LAB:F1"),
+        ["holder", "routed"],
+        id="rev2-7-the-patients-post-in-another-thread-is-followed",
+    ),
+    pytest.param(
+        [({**fact(T.RESULT_CRITICAL, "LAB:F1", thread_key="OTHER-VISIT"), "patient": OTHER_PATIENT}, "delivered")],
+        correction(T.RESULT_CORRECTED, "LAB:F1"),
         ["routed"],
-        id="3-post-of-another-thread-is-not-followed",
+        id="rev2-7-another-patients-post-of-the-same-key-is-not-followed",
+    ),
+    pytest.param(
+        [(fact(T.ENCOUNTER_ADMITTED, VISIT, thread_key="OTHER-VISIT"), "delivered")],
+        cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"),
+        ["routed"],
+        id="3-a-link-naming-types-follows-in-its-thread-only",
     ),
     pytest.param(
         [(fact(T.ORDER_PLACED, "CPOE:ORD1"), "delivered")],
@@ -1446,11 +1483,11 @@ async def test_channels_holding_a_post_are_found_on_the_thread_index(store: SQLi
     )
     found = sqlite_module._superseded(event, sqlite_module.supersedes_table())
     assert found is not None
-    source, args = found.source()
+    source, args = found.source("T")
     plan = await store.query(
-        f"EXPLAIN QUERY PLAN SELECT d.channel, max(d.status != ?) FROM {source} AND d.thread_key=?"
-        " AND d.status IN (?, ?, ?, ?) GROUP BY d.channel ORDER BY d.channel",
-        ("dead", *args, "T", "delivered", "pending", "in_flight", "dead"),
+        f"EXPLAIN QUERY PLAN SELECT d.channel, d.status != ?, d.thread_key FROM {source}"
+        " AND d.status IN (?, ?, ?, ?) ORDER BY d.event_seq",
+        ("dead", *args, "delivered", "pending", "in_flight", "dead"),
     )
     details = " | ".join(str(row[3]) for row in plan)
 
@@ -1559,14 +1596,225 @@ async def test_the_claims_original_lookup_starts_from_the_subjects_events(store:
     )
     found = sqlite_module._superseded(event, sqlite_module.supersedes_table())
     assert found is not None
-    source, args = found.source()
+    source, args = found.source("T")
     plan = await store.query(
-        f"EXPLAIN QUERY PLAN SELECT d.external_id FROM {source} AND d.thread_key=? AND d.channel=? AND d.status=?"
+        f"EXPLAIN QUERY PLAN SELECT d.external_id, d.thread_key FROM {source} AND d.channel=? AND d.status=?"
         f" AND d.event_seq < ? AND {sqlite_module._OWN_POST} ORDER BY d.event_seq DESC LIMIT 1",
-        (*args, "T", "chan", "delivered", 10),
+        (*args, "chan", "delivered", 10),
     )
     details = " | ".join(str(row[3]) for row in plan)
 
     assert details.startswith("SEARCH e USING INDEX events_subject (subject_key=?)"), details
     assert "SEARCH d USING INDEX deliveries_event (event_id=?)" in details, details
     assert "SCAN" not in details, details
+
+
+# --- review 2, finding 4b: a replay never brings back what a later correction or cancellation replaced ---
+
+#: What reached "chan" in order (make_event overrides, and the external id its delivery recorded, or "dead"), then
+#: which of the dead ones a replay still sends (their indexes in that list); the others are superseded.
+STALE_CASES = [
+    pytest.param(
+        [
+            (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+            (correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.CRITICAL), "dead"),
+            (correction(T.RESULT_CORRECTED, "LAB:F1"), "ts-final"),
+        ],
+        [],
+        id="a-correction-a-later-correction-edited-over-is-not-sent",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+            (correction(T.RESULT_CORRECTED, "LAB:F1"), "dead"),
+            (cancellation(T.RESULT_RETRACTED, "LAB:F1"), "ts-final"),
+        ],
+        [],
+        id="a-correction-of-a-withdrawn-result-does-not-unstrike-it",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_CRITICAL, "LAB:F1", severity=Severity.CRITICAL), "dead"),
+            (cancellation(T.RESULT_RETRACTED, "LAB:F1"), "ts-withdrawn"),
+        ],
+        [],
+        id="a-withdrawn-result-is-not-posted",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_PRELIMINARY, "LAB:F1"), "dead"),
+            (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+            (correction(T.RESULT_CORRECTED, "LAB:F1"), "ts-final"),
+        ],
+        [],
+        id="a-report-a-later-correction-replaced-is-not-posted",
+    ),
+    pytest.param(
+        [
+            (fact(T.ENCOUNTER_ADMITTED, VISIT), "dead"),
+            (cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"), "ts-a11"),
+        ],
+        [],
+        id="a-cancelled-admission-is-not-posted",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+            (correction(T.RESULT_CORRECTED, "LAB:F1"), "dead"),
+            (fact(T.RESULT_FINAL, "LAB:F2"), "ts-other"),
+            (correction(T.RESULT_CORRECTED, "LAB:F2"), "ts-other"),
+        ],
+        [1],
+        id="a-later-correction-of-another-result-changes-nothing",
+    ),
+    pytest.param(
+        [
+            (fact(T.ENCOUNTER_ADMITTED, VISIT), "ts-admit"),
+            (fact(T.ENCOUNTER_TRANSFERRED, VISIT), "ts-transfer"),
+            (cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.transferred"), "dead"),
+            (cancellation(T.ENCOUNTER_CANCELLED, VISIT, link="encounter.admitted,encounter.arrived"), "ts-admit"),
+        ],
+        [2],
+        id="an-A12-is-not-superseded-by-an-A11",
+    ),
+    pytest.param(
+        [
+            (fact(T.RESULT_FINAL, "LAB:F1"), "dead"),
+            ({**cancellation(T.RESULT_RETRACTED, "LAB:F1"), "patient": OTHER_PATIENT}, "ts-other-patient"),
+        ],
+        [0],
+        id="another-patients-withdrawal-of-the-same-key-changes-nothing",
+    ),
+]
+
+
+@pytest.mark.parametrize(("shown", "sent"), STALE_CASES)
+async def test_a_replay_does_not_send_what_a_later_correction_or_cancellation_replaced(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    shown: list[tuple[dict[str, Any], str]],
+    sent: list[int],
+) -> None:
+    events = []
+    for overrides, fate in shown:
+        event = make_event(**overrides)
+        events.append(event)
+        await store.commit_message(make_entry(), routed(event), dedup_window=DAY)
+        (head,) = await claim(store)
+        if fate == "dead":
+            await store.mark_dead(head.id, error="attempts exhausted: 503")
+        else:
+            await store.mark_delivered(head.id, external_id=fate, thread_root=False)
+    dead = [i for i, (_, fate) in enumerate(shown) if fate == "dead"]
+
+    assert await store.replay(None) == len(dead)
+    claimed = await claim(store)
+
+    assert [c.event.id for c in claimed] == [events[i].id for i in sent]
+    for i in dead:
+        status = (await state(store, f"{events[i].id}.chan"))[0]
+        assert status == ("in_flight" if i in sent else "superseded")
+    superseded = [i for i in dead if i not in sent]
+    audit = await store.query("SELECT event_id FROM audit WHERE action = 'delivery.superseded' ORDER BY id")
+    assert audit == [(events[i].id,) for i in superseded]
+    assert await store.dead_letters() == [], "nothing left to replay"
+    # Not a failure: a later claim hands nothing out and nothing comes back.
+    assert await claim(store) == []
+
+
+# --- review 2, finding 3: a withdrawal strikes every post of its subject the channel made ---
+
+
+@pytest.mark.parametrize(
+    ("shown", "then", "refs"),
+    [
+        pytest.param(
+            [(fact(T.RESULT_PRELIMINARY, "LAB:F1"), "ts-prelim"), (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final")],
+            cancellation(T.RESULT_RETRACTED, "LAB:F1"),
+            ("ts-final", "ts-prelim"),
+            id="the-withdrawal-strikes-the-final-and-the-preliminary-post",
+        ),
+        pytest.param(
+            [
+                (fact(T.RESULT_PRELIMINARY, "LAB:F1"), "ts-prelim"),
+                (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final"),
+                (correction(T.RESULT_CORRECTED, "LAB:F1"), "ts-final"),
+            ],
+            cancellation(T.RESULT_RETRACTED, "LAB:F1"),
+            ("ts-final", "ts-prelim"),
+            id="an-edit-is-no-post-of-its-own",
+        ),
+        pytest.param(
+            [(fact(T.RESULT_PRELIMINARY, "LAB:F1"), "ts-prelim"), (fact(T.RESULT_FINAL, "LAB:F1"), "ts-final")],
+            correction(T.RESULT_CORRECTED, "LAB:F1"),
+            ("ts-final",),
+            id="a-correction-edits-the-latest-only",
+        ),
+        pytest.param(
+            [
+                (fact(T.APPOINTMENT_BOOKED, "SCH:A1"), "ts-booked"),
+                (cancellation(T.APPOINTMENT_CANCELLED, "SCH:A1"), "ts-booked"),
+                (fact(T.APPOINTMENT_BOOKED, "SCH:A1"), "ts-rebooked"),
+            ],
+            cancellation(T.APPOINTMENT_CANCELLED, "SCH:A1"),
+            ("ts-rebooked",),
+            id="a-post-already-struck-is-left-as-it-was",
+        ),
+    ],
+)
+async def test_claim_hands_a_cancellation_every_post_of_its_subject(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    shown: list[tuple[dict[str, Any], str]],
+    then: dict[str, Any],
+    refs: tuple[str, ...],
+) -> None:
+    await show(store, make_entry, make_event, shown)
+    await store.commit_message(make_entry(), routed(make_event(**then)), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert (claimed.original_ref, claimed.original_refs) == (refs[0], refs)
+
+
+# --- review 2, finding 7: a subject key finds the original in whichever thread of the patient it is ---
+
+
+async def test_a_correction_in_another_thread_goes_in_the_thread_of_the_post_it_corrects(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    # The report came with its visit number; its correction without PV1 falls back to the patient's thread.
+    final = make_event(**fact(T.RESULT_CRITICAL, "LAB:F1", thread_key="enc:V1"))
+    await store.commit_message(make_entry(), routed(final, channels=("chan", "oncall")), dedup_window=DAY)
+    for channel in ("chan", "oncall"):
+        (head,) = await claim(store, channel)
+        await store.mark_delivered(head.id, external_id=f"ts-{channel}", thread_root=True)
+    fix = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1", thread_key="pat:TESTHOSP:MRN-TEST-0001"))
+
+    result = await store.commit_message(make_entry(), routed(fix), dedup_window=DAY)
+
+    assert sorted(result.channels) == ["chan", "oncall"]
+    threads = await store.query("SELECT channel, thread_key FROM deliveries WHERE event_id=? ORDER BY 1", (fix.id,))
+    assert threads == [("chan", "enc:V1"), ("oncall", "enc:V1")]
+    for channel in ("chan", "oncall"):
+        (claimed,) = await claim(store, channel)
+        assert (claimed.thread_ref, claimed.original_ref) == (f"ts-{channel}", f"ts-{channel}")
+    patients = await store.query("SELECT DISTINCT patient FROM events")
+    assert patients == [("TESTHOSP|MRN-TEST-0001",)]
+
+
+async def test_rows_from_before_migration_7_have_no_patient_and_are_not_kept_from_their_corrections(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    final = make_event(**fact(T.RESULT_FINAL, "LAB:F1", thread_key="enc:V1"))
+    await store.commit_message(make_entry(), routed(final), dedup_window=DAY)
+    await deliver_in_order(store, ["ts-final"])
+    await store.query("UPDATE events SET patient = NULL")  # as migration 7 leaves an old row
+    fix = make_event(**{**correction(T.RESULT_CORRECTED, "LAB:F1", thread_key="pat:x"), "patient": OTHER_PATIENT})
+    await store.commit_message(make_entry(), routed(fix), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    assert (claimed.event.id, claimed.original_ref) == (fix.id, "ts-final")
