@@ -50,6 +50,9 @@ __all__ = [
     "write_files",
 ]
 
+#: Every event type's name.
+_TYPE_VALUES = frozenset(e.value for e in EventType)
+
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 #: Where the generated files go, relative to the docs folder.
 MARKDOWN = Path("events.md")
@@ -202,7 +205,7 @@ def _spec(name: str, entry: dict[str, Any], base: dict[str, Any], link_names: se
         for lifecycle, spec in entry["lifecycles"].items()
     )
     sources = entry["sources"]
-    unknown = [r["type"] for r in entry.get("routes_as", ()) if r["type"] not in {e.value for e in EventType}]
+    unknown = [r["type"] for r in entry.get("routes_as", ()) if r["type"] not in _TYPE_VALUES]
     if unknown:
         raise MappingError(f"not an EventType: {', '.join(unknown)}", source=source, path=f"{where}.routes_as")
     return EventSpec(
@@ -234,7 +237,7 @@ _TARGET_LINK = {Lifecycle.CORRECT: "corrects", Lifecycle.CANCEL: "cancels"}
 
 def _stage(lifecycle: Lifecycle, spec: dict[str, Any], link_names: set[str], source: str, where: str) -> Stage:
     links = tuple(Link(n, s["refers_to"], " ".join(s["value"].split())) for n, s in spec.get("links", {}).items())
-    unknown = [t for t in spec.get("supersedes", ()) if t not in {e.value for e in EventType}]
+    unknown = [t for t in spec.get("supersedes", ()) if t not in _TYPE_VALUES]
     if unknown:
         raise MappingError(f"not an EventType: {', '.join(unknown)}", source=source, path=f"{where}.supersedes")
     supersedes = tuple(EventType(t) for t in spec.get("supersedes", ()))

@@ -63,7 +63,7 @@ from bridge.events import (
     link_types,
     type_matches,
 )
-from bridge.mapping import layer, mappings_dir, read_schema, read_yaml, validate_document
+from bridge.mapping import layer, mappings_dir, read_schema, read_yaml, sender_local, validate_document
 
 __all__ = ["Templates", "compose", "redact", "template_locales"]
 
@@ -82,11 +82,6 @@ def _pseudonym(value: str, hash_key: bytes | None) -> str:
     data = value.encode("utf-8")
     digest = hmac.new(hash_key, data, hashlib.sha256) if hash_key else hashlib.sha256(data)
     return f"k:{digest.hexdigest()[:32]}"
-
-
-def _names_event_types(value: str) -> bool:
-    # A link to event types carries no PHI; a webhook receiver needs it readable to know what to strike.
-    return link_types(value) is not None
 
 
 def _initial(name: str | None) -> str | None:
@@ -112,7 +107,7 @@ def _reduce(event: ClinicalEvent, level: PhiLevel) -> ClinicalEvent:
     p = event.patient
     enc = event.encounter
     subject = event.subject
-    links = {name: value for name, value in event.links.items() if _names_event_types(value)}
+    links = {name: value for name, value in event.links.items() if link_types(value) is not None}
     if level == PhiLevel.LIMITED:
         patient = Patient(mrn=_mrn_tail(p.mrn), given=_initial(p.given), family=_initial(p.family), sex=p.sex)
         encounter = enc.model_copy(update={"visit_number": None})
@@ -145,8 +140,10 @@ def redact(event: ClinicalEvent, level: PhiLevel, *, hash_key: bytes | None = No
     subject: Subject | None = reduced.subject
     if subject is not None and subject.key is not None:
         subject = subject.model_copy(update={"key": _pseudonym(subject.key, hash_key)})
+    # A link to event types carries no PHI; a webhook receiver needs it readable to know what to strike.
     links = {
-        name: value if _names_event_types(value) else _pseudonym(value, hash_key) for name, value in event.links.items()
+        name: value if link_types(value) is not None else _pseudonym(value, hash_key)
+        for name, value in event.links.items()
     }
     return reduced.model_copy(
         update={
@@ -496,10 +493,10 @@ def _identity(link: str | None) -> str | None:
 
 
 def _cancels(link: str | None, names: dict[str, str]) -> str | None:
-    if not link or not _names_event_types(link):
+    types = link_types(link) if link else None
+    if types is None:
         return None
-    words = dict.fromkeys(names.get(part, part) for part in link.split(","))
-    return "/".join(words)
+    return "/".join(dict.fromkeys(names.get(t, t) for t in types))
 
 
 def _when(text: str | None, formats: dict[str, str], zone: tzinfo) -> str | None:
@@ -521,7 +518,7 @@ def _moment(value: datetime, fmt: str, zone: tzinfo | None) -> str:
 
     HL7 mapping gives times without offset the sender's zone, so a naive time is rare (a FHIR
     dateTime without offset, an event made by hand): it is taken to be in ``zone`` already, by
-    the mapping's rule for daylight saving time (bridge.mapping._sender_local): the offset before
+    the mapping's rule for daylight saving time (bridge.mapping.sender_local): the offset before
     the change, so a time in the repeated hour is its first occurrence and one in the skipped
     hour (02:30 on the day clocks go forward) is told as the moment it names (03:30), never as a
     time no clock showed. A time the zone cannot hold (year 9999 told west of UTC) is shown in
@@ -530,7 +527,7 @@ def _moment(value: datetime, fmt: str, zone: tzinfo | None) -> str:
     try:
         if zone is not None:
             if value.tzinfo is None:
-                value = value.replace(tzinfo=zone, fold=0).astimezone(UTC)
+                value = sender_local(value, zone)
             value = value.astimezone(zone)
         return value.strftime(fmt)
     except (OverflowError, ValueError):

@@ -36,73 +36,73 @@ SCHEMA_VERSION = "1"
 
 
 class EventType(StrEnum):
-    """The event catalogue (``mappings/catalogue.yaml`` documents each type). Names are ``noun.past_participle``.
+    """The event catalogue. Names are ``noun.past_participle``.
 
-    The sources named here are the usual ones; the mapping files are the truth.
+    ``mappings/catalogue.yaml`` is the one source of what each type means, carries, edits or
+    strikes and which messages give it (docs/events.md); a test keeps this enum equal to it.
     """
 
-    #: ADT^A28 (FHIR Patient created): a person is known to the hospital, no visit yet.
+    #: A person is known to the hospital, no visit yet.
     PATIENT_REGISTERED = "patient.registered"
-    #: ADT^A31: a person's demographics changed outside a visit.
+    #: A person's demographics or identifiers changed outside a visit.
     PATIENT_UPDATED = "patient.updated"
-    #: ADT^A40 (FHIR Patient link, ISiK patient merge): two identities merged; links name both.
+    #: Two identities of one person merged; links name both.
     PATIENT_MERGED = "patient.merged"
-    #: ADT^A05, A14 (FHIR Encounter planned): a bed or visit is planned before the patient arrives.
+    #: A bed or visit is planned before the patient arrives.
     ENCOUNTER_PREADMITTED = "encounter.preadmitted"
-    #: ADT^A01 (FHIR Encounter in-progress, inpatient): inpatient admitted.
+    #: An inpatient was admitted.
     ENCOUNTER_ADMITTED = "encounter.admitted"
-    #: ADT^A04 (FHIR Encounter arrived / in-progress, not inpatient): the patient arrived for a visit.
+    #: The patient arrived for a visit (outpatient, emergency).
     ENCOUNTER_ARRIVED = "encounter.arrived"
-    #: ADT^A02, A06, A07, A09, A10, A17 (FHIR Encounter location changed): the patient moved.
+    #: The patient moved (a reply when it is only tracking).
     ENCOUNTER_TRANSFERRED = "encounter.transferred"
-    #: ADT^A15: a transfer is planned (bed management).
+    #: A transfer is planned (bed management).
     ENCOUNTER_TRANSFER_PENDING = "encounter.transfer_pending"
-    #: ADT^A03 (FHIR Encounter finished): discharged / visit ended.
+    #: Discharged; the visit ended.
     ENCOUNTER_DISCHARGED = "encounter.discharged"
-    #: ADT^A16: a discharge is planned (bed management).
+    #: A discharge is planned (bed management).
     ENCOUNTER_DISCHARGE_PENDING = "encounter.discharge_pending"
-    #: ADT^A11, A12, A13, A25, A26, A27, A38, A52 (FHIR Encounter cancelled / entered-in-error):
-    #: strikes what it cancels.
+    #: An admission, arrival, transfer, discharge, leave or plan was cancelled; strikes its post.
     ENCOUNTER_CANCELLED = "encounter.cancelled"
-    #: ADT^A21 (leaves; lifecycle new), A22 (returns; lifecycle update, a reply in the thread).
+    #: The patient left on leave (a reply when they return).
     ENCOUNTER_LEAVE_OF_ABSENCE = "encounter.leave_of_absence"
-    #: ADT^A08: patient or visit information updated (high volume; usually not routed).
+    #: Patient or visit details changed (high volume; usually not routed).
     ENCOUNTER_UPDATED = "encounter.updated"
-    #: ORU^R01 with a critical abnormal flag (OBX-8 HH, LL, AA, ...): needs a human.
+    #: A result with a critical flag: needs a human now.
     RESULT_CRITICAL = "result.critical"
-    #: ORU^R01, final results (OBX-11/OBR-25 F).
+    #: Final results.
     RESULT_FINAL = "result.final"
-    #: ORU^R01, preliminary results (OBX-11/OBR-25 P, I, R, ...).
+    #: Results not final yet.
     RESULT_PRELIMINARY = "result.preliminary"
-    #: ORU^R01 with OBX-11 C (DiagnosticReport corrected/amended): edits the original post.
+    #: A correction of released results; edits the result's post.
     RESULT_CORRECTED = "result.corrected"
-    #: ORU^R01 with OBX-11 W or every line D (DiagnosticReport entered-in-error): strikes the original post.
+    #: Results withdrawn (posted in error, wrong patient, test cancelled); strikes the result's post.
     RESULT_RETRACTED = "result.retracted"
-    #: ORM^O01 / OML^O21 ORC-1 NW (ServiceRequest active): order placed.
+    #: An order was placed.
     ORDER_PLACED = "order.placed"
-    #: ORC-1 XO / XX, or SC to a non-final status: the order changed; edits the placed post.
+    #: An order changed (edits its post) or moved on (a reply).
     ORDER_CHANGED = "order.changed"
-    #: ORC-1 CA, OC, CR, DC, OD, DR (ServiceRequest revoked / entered-in-error): strikes the placed post.
+    #: An order was cancelled or discontinued; strikes its post.
     ORDER_CANCELLED = "order.cancelled"
-    #: ORC-1 SC with ORC-5 CM (ServiceRequest completed): the order is done; a reply in the thread.
+    #: An order is done; a reply in the thread.
     ORDER_COMPLETED = "order.completed"
-    #: SIU^S12 (FHIR Appointment booked).
+    #: An appointment was booked.
     APPOINTMENT_BOOKED = "appointment.booked"
-    #: SIU^S13: a new time; edits the booked post.
+    #: An appointment got a new time; edits the booked post.
     APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
-    #: SIU^S14: other details changed; edits the booked post.
+    #: Other details of an appointment changed; edits the booked post.
     APPOINTMENT_MODIFIED = "appointment.modified"
-    #: SIU^S15, S16, S17 (FHIR Appointment cancelled): strikes the booked post.
+    #: An appointment was cancelled; strikes the booked post.
     APPOINTMENT_CANCELLED = "appointment.cancelled"
-    #: SIU^S26 (FHIR Appointment noshow): the patient did not come; a reply in the thread.
+    #: The patient did not come; a reply in the thread.
     APPOINTMENT_NOSHOW = "appointment.noshow"
-    #: MDM^T01-T04 (FHIR DocumentReference current): a clinical document is available.
+    #: A clinical document is available (or its status changed: edits its post).
     DOCUMENT_AVAILABLE = "document.available"
-    #: MDM^T05-T10 (addendum, edit, replacement): edits the post of the document it amends.
+    #: A document was amended, edited or replaced; edits the post of the document it amends.
     DOCUMENT_AMENDED = "document.amended"
-    #: MDM^T11 (FHIR DocumentReference entered-in-error): strikes the document's post.
+    #: A document was withdrawn; strikes its post.
     DOCUMENT_CANCELLED = "document.cancelled"
-    #: RDE^O11 ORC-1 NW (FHIR MedicationRequest active): a medication was ordered.
+    #: A medication was ordered.
     MEDICATION_ORDERED = "medication.ordered"
     #: A FHIR subscription went silent beyond twice its heartbeat period: events may be missed.
     SUBSCRIPTION_STALE = "bridge.subscription.stale"

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import jsonschema
 import yaml
 
-from bridge.assembly import EVENT_FACTS, Facts, Found, Observation, Parts, Verdict, assemble_event
+from bridge.assembly import EVENT_FACTS, LINK_NAMES, Facts, Found, Observation, Parts, Verdict, assemble_event
 from bridge.config import MappingConfig
 from bridge.errors import MappingError
 from bridge.events import ClinicalEvent, EventType, Lifecycle, Severity
@@ -43,6 +43,7 @@ __all__ = [
     "mappings_dir",
     "read_schema",
     "read_yaml",
+    "sender_local",
     "validate_document",
 ]
 
@@ -371,7 +372,7 @@ def _ts_parts(text: str) -> tuple[datetime, int, bool] | None:
     return value, (n - 2) // 2, tz is not None
 
 
-def _sender_local(value: datetime, zone: tzinfo) -> datetime:
+def sender_local(value: datetime, zone: tzinfo) -> datetime:
     """A naive HL7 time read as the sender's local time in ``zone``, with that moment's fixed UTC offset.
 
     HL7 gives a time without offset no way to tell which of two readings of the clock it means, so
@@ -395,7 +396,7 @@ def hl7_timestamp(text: str, zone: tzinfo = UTC) -> datetime | None:
     """An aware datetime from an HL7 DTM that names at least the hour, or None.
 
     A value without offset is the sender's local time (HL7 v2 §2.A.22), read in ``zone`` (see
-    _sender_local for daylight saving time). A bare date (EVN-2 ``20261025``) is None: a day is not
+    sender_local for daylight saving time). A bare date (EVN-2 ``20261025``) is None: a day is not
     a moment, and as local midnight it would be told as ``00:00``, or on the day before in a zone
     west of the sender; the event takes the next time source (MSH-7) instead, else its receipt time.
     A value with no UTC equivalent (year 9999 at -1400, year 1 at +1400) is None too, for the
@@ -405,7 +406,7 @@ def hl7_timestamp(text: str, zone: tzinfo = UTC) -> datetime | None:
     if parts is None or parts[1] < 4:
         return None
     value, _, aware = parts
-    value = value if aware else _sender_local(value, zone)
+    value = value if aware else sender_local(value, zone)
     try:
         value.astimezone(UTC)
     except (OverflowError, ValueError):
@@ -440,7 +441,7 @@ def hl7_datetime(text: str, zone: tzinfo | None = None) -> str:
     if given <= 3:
         return hl7_date(text)
     if not aware and zone is not None:
-        value = _sender_local(value, zone)
+        value = sender_local(value, zone)
     return value.isoformat(timespec="seconds" if value.microsecond == 0 else "milliseconds")
 
 
@@ -513,7 +514,7 @@ _VALUE_NAMES = frozenset({"group"})
 #: Placeholders of key and link templates besides HL7 paths: facts of the event being built.
 _EVENT_NAMES = EVENT_FACTS | {"group"}
 #: The facts that are the event's links: rendered after the thread key and the links, before the dedup key.
-_LINK_NAMES = frozenset(name for name in EVENT_FACTS if name.startswith("links."))
+_LINK_NAMES = frozenset(f"links.{name}" for name in LINK_NAMES)
 
 
 def _clean(value: str) -> str | None:
