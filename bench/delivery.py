@@ -1,13 +1,13 @@
 """The delivery path before and after: concurrent signed webhook POSTs to the local sink, per HTTP client.
 
-The webhook adapter sends through whatever ``httpx.AsyncClient`` it is given. This
+The webhook adapter sends through the ``httpx.AsyncClient`` of its context. This
 measures :meth:`WebhookAdapter.send` (sign, POST, map the status) at a given number of
 sends in flight, for each client the bridge could use:
 
 * ``httpx (shared, default pool)``: the client the runtime builds and shares between
   channels, on httpx's own transport (httpcore). This is *before*.
-* ``httpx + aiohttp transport``: the same httpx API over :func:`adapters.outbound.http.delivery_client`,
-  the client each HTTP channel now owns. This is *after*.
+* ``httpx + aiohttp transport``: the same httpx API over :func:`bridge.http.delivery_client`,
+  the client the runtime now builds for each channel. This is *after*.
 
 Run alone with ``python -m bench.delivery``; ``make bench`` includes it.
 """
@@ -27,12 +27,12 @@ from typing import Any
 
 import httpx
 
-from adapters.outbound.http import delivery_client
 from adapters.outbound.webhook import WebhookAdapter, WebhookConfig, WebhookRequest
 from bench.contenders import SECRET
 from bench.process import ServerProcess, ServerSpec
 from bench.stats import quantile
 from bridge.channels import AdapterContext
+from bridge.http import delivery_client
 
 __all__ = ["CLIENTS", "DeliveryResult", "measure"]
 
@@ -74,7 +74,7 @@ def _body(n: int) -> bytes:
 async def _run(make: Callable[[], httpx.AsyncClient], url: str, concurrency: int, seconds: float) -> DeliveryResult:
     client = make()
     config = WebhookConfig(type="webhook", url=url, secret=SECRET)
-    adapter = WebhookAdapter(config, AdapterContext(name="bench", http=client, store=None), http=client)
+    adapter = WebhookAdapter(config, AdapterContext(name="bench", http=client, store=None))
     latencies: list[float] = []
     failures = 0
     counter = iter(range(1 << 40))

@@ -113,7 +113,7 @@ class AdapterContext:
 
     #: The channel's configured name (e.g. ``icu-slack``).
     name: str
-    #: A shared HTTP client; adapters must not create module-level clients.
+    #: The channel's HTTP client (``bridge.http.delivery_client``), closed by the runtime; adapters create none.
     http: httpx.AsyncClient
     #: The durable store (the inbox keeps its feed there).
     store: Any

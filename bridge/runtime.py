@@ -22,6 +22,7 @@ from bridge.errors import FramingError
 from bridge.fhir.client import FhirClient
 from bridge.fhir.intake import FhirIntake, has_heartbeat
 from bridge.fhir.mapping import FhirMapper
+from bridge.http import delivery_client
 from bridge.intake import Intake, RawMessage
 from bridge.mapping import Mapper, MappingOptions
 from bridge.routing import Router
@@ -69,11 +70,15 @@ class Runtime:
         self.templates = Templates.load(settings.mapping.extra_paths, timezone=settings.templates.zone)
         locales = settings.channel_locales()
         self.router = Router.from_config(settings.routes)
+        # The FHIR clients share this one; each channel delivers through a client of its own (bridge/http.py).
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+        self.channel_http: dict[str, httpx.AsyncClient] = {}
         self.adapters: dict[str, OutboundAdapter] = {}
         for name, cfg in settings.channels.items():
             cls = adapter_class(cfg.type, path=f"channels.{name}.type")
-            self.adapters[name] = cls(cfg, AdapterContext(name=name, http=self.http, store=self.store))  # type: ignore[call-arg]
+            self.channel_http[name] = delivery_client()
+            context = AdapterContext(name=name, http=self.channel_http[name], store=self.store)
+            self.adapters[name] = cls(cfg, context)  # type: ignore[call-arg]
         workers = {
             name: ChannelWorker(
                 name,
@@ -152,6 +157,7 @@ class Runtime:
         self.servers.clear()
         await self.dispatcher.stop()
         await asyncio.gather(*(a.aclose() for a in self.adapters.values()), return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in self.channel_http.values()), return_exceptions=True)
         await self.http.aclose()
         await self.store.close()
         self.started = False

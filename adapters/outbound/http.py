@@ -6,53 +6,27 @@ status codes are mapped to :mod:`bridge.errors` exactly once, here. Error
 messages carry the status and the exception type only: never the request body
 or the URL, which may hold PHI or a secret (Teams ``sig=``, hook keys).
 
-:func:`delivery_client` builds the client a channel delivers through: the httpx
-API on an aiohttp transport, because httpx's own transport slows down once several
-requests are in flight (encode/httpx#3215).
+The client itself is the adapter's ``context.http``: the runtime builds one per
+channel with :func:`bridge.http.delivery_client`.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import cache
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from bridge.errors import Permanent, Retryable
 
-__all__ = ["MAX_RETRY_AFTER", "delivery_client", "parse_retry_after", "raise_for_delivery", "request"]
+__all__ = ["MAX_RETRY_AFTER", "parse_retry_after", "raise_for_delivery", "request"]
 
 #: Upper bound (seconds) of a server-requested delay; a bogus Retry-After must not park a channel for days.
 MAX_RETRY_AFTER = 3600.0
 
 #: Statuses that mean "slow down / try later" (Standard Webhooks: 429, 502, 504 throttle; RFC 9110 503).
 _THROTTLE = frozenset({429, 502, 503, 504})
-
-
-@cache
-def _tls_context() -> ssl.SSLContext:
-    # Loading the CA bundle costs ~35 ms; one verifying context serves every channel of the process.
-    return httpx.create_ssl_context()
-
-
-def delivery_client(*, timeout: float = 15.0, connect_timeout: float = 5.0) -> httpx.AsyncClient:
-    """A client for one channel's deliveries: the httpx API on an aiohttp transport.
-
-    httpx 0.28 on its own transport (httpcore) spends its time in connection-pool
-    bookkeeping once requests overlap (encode/httpx#3215). Measured on loopback with
-    ``python -m bench.delivery``: at 4 signed webhook POSTs in flight (the default
-    ``delivery.max_in_flight``) about 1.1k/s with httpcore against 3k/s here, and at 16
-    about 0.5k/s with a p99 near 150 ms against 2.6k/s. Only the transport changes:
-    timeouts, status mapping and errors are still httpx's, and :func:`request` still
-    never follows redirects. Proxies from the environment (``HTTPS_PROXY``) still apply,
-    through httpx's own proxy transport. The caller owns the client and closes it.
-    """
-    transport = AiohttpTransport(verify=_tls_context(), limits=httpx.Limits(max_connections=100))
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=connect_timeout))
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

@@ -29,7 +29,7 @@ import httpx
 import structlog
 from pydantic import Field, SecretStr, field_validator
 
-from adapters.outbound.http import delivery_client, raise_for_delivery, request
+from adapters.outbound.http import raise_for_delivery, request
 from bridge.channels import AdapterContext, ChannelConfig, Post, SendResult
 
 __all__ = [
@@ -195,15 +195,10 @@ class WebhookAdapter:
         context: AdapterContext,
         *,
         clock: Callable[[], float] = time.time,
-        http: httpx.AsyncClient | None = None,
     ) -> None:
         self._config = config
         self._name = context.name
-        # A client of its own rather than the runtime's shared one: deliveries overlap (max_in_flight),
-        # and the shared client's transport slows down under overlap (adapters/outbound/http.py).
-        # ``http`` replaces it (the benchmark compares clients); a client passed in stays the caller's.
-        self._owns_http = http is None
-        self._http = delivery_client(timeout=config.timeout) if http is None else http
+        self._http = context.http
         self._clock = clock
         self._key = decode_secret(config.secret.get_secret_value())
 
@@ -245,6 +240,5 @@ class WebhookAdapter:
         return SendResult()
 
     async def aclose(self) -> None:
-        """Close this channel's own HTTP client; the runtime's shared client and one passed in are not ours."""
-        if self._owns_http:
-            await self._http.aclose()
+        """Nothing to release: the HTTP client belongs to the runtime."""
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from bridge.app import create_app
 from bridge.config import parse_config
@@ -130,3 +131,31 @@ async def test_healthz_fails_when_the_store_writer_is_gone(tmp_path: Path) -> No
     finally:
         runtime.store._writer = None  # already stopped
         await runtime.stop()
+
+
+def _two_hooks(tmp_path: Path) -> Runtime:
+    hook = {"type": "webhook", "url": "http://127.0.0.1:9/hook", "secret": SECRET}
+    return Runtime(
+        parse_config(
+            {
+                "store": {"path": str(tmp_path / "b.db")},
+                "routes": [{"name": "all", "channels": ["a", "b"]}],
+                "channels": {"a": hook, "b": hook},
+            },
+            env={},
+        )
+    )
+
+
+async def test_each_channel_delivers_through_its_own_client_closed_at_stop(tmp_path: Path) -> None:
+    runtime = _two_hooks(tmp_path)
+    clients = runtime.channel_http
+    assert set(clients) == {"a", "b"} and clients["a"] is not clients["b"]
+    for name, client in clients.items():
+        assert isinstance(client._transport, AiohttpTransport)
+        assert client is not runtime.http
+        assert runtime.adapters[name]._http is client  # type: ignore[attr-defined]
+    await runtime.start(listeners=False)
+    await runtime.stop()
+    assert all(client.is_closed for client in clients.values())
+    assert runtime.http.is_closed

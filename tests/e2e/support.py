@@ -328,9 +328,10 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, tim
 def fake_slack() -> Iterator[FakeSlack]:
     """A FakeSlack answering https://slack.com/api through respx while the generator is open (a fixture body)."""
     fake = FakeSlack()
-    with respx.mock(base_url=SLACK_API, assert_all_called=False) as router:
-        router.post("/chat.postMessage").mock(side_effect=fake)
-        router.post("/chat.update").mock(side_effect=fake)
-        router.post("/conversations.history").mock(side_effect=fake)
-        router.post("/conversations.replies").mock(side_effect=fake)
+    # The bridge's channels send on an aiohttp transport (bridge/http.py), so respx mocks at the httpx client
+    # rather than httpcore; every other request (the tests' own ASGI client) passes through to its transport.
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        for method in ("chat.postMessage", "chat.update", "conversations.history", "conversations.replies"):
+            router.post(f"{SLACK_API}/{method}").mock(side_effect=fake)
+        router.route().pass_through()
         yield fake

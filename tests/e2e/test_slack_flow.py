@@ -2,8 +2,8 @@
 
 Messages arrive over MLLP on a real socket, are journalled in a real SQLite file and are
 delivered by the real channel worker through the real ``SlackAdapter``; respx answers for
-``https://slack.com/api``. respx patches httpcore, so the bridge's own ASGI test client is not
-affected. Every name, number and identifier in the messages is synthetic.
+``https://slack.com/api`` at the httpx client, passing every other request through. Every name,
+number and identifier in the messages is synthetic.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ import httpx
 import pytest
 import respx
 
-from adapters.outbound.http import MAX_RETRY_AFTER, delivery_client, parse_retry_after, raise_for_delivery, request
+from adapters.outbound.http import MAX_RETRY_AFTER, parse_retry_after, raise_for_delivery, request
 from bridge.errors import Permanent, Retryable
+from bridge.http import delivery_client
 
 NOW = datetime(2025, 3, 4, 12, 0, 0, tzinfo=UTC)
 URL = "https://receiver.example/hook"
@@ -166,7 +167,7 @@ async def test_unusable_url_is_permanent(client: httpx.AsyncClient, url: str) ->
         await _send(client, url)
 
 
-# --- delivery_client: the same contract over the aiohttp transport, against a real loopback server ---
+# --- the same contract over the channels' client (bridge.http.delivery_client), against a real loopback server ---
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ URL = "https://receiver.test/hooks/ehr"
 NOW = 1_741_089_600
 #: Built once: loading the CA bundle for every test's client is most of the suite's time.
 TLS = ssl.create_default_context()
-#: The adapter sends on a client of its own with an aiohttp transport; respx mocks it at the httpx client.
+#: The runtime hands channels a client on an aiohttp transport (bridge/http.py); respx mocks at the httpx client,
+#: so these tests hold on either transport.
 pytestmark = pytest.mark.respx(using="httpx", assert_all_called=False)
 
 
