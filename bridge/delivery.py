@@ -110,26 +110,20 @@ def alert_for(post: Post, shown: Severity | None) -> Post | None:
     critical value was alerted when it did (as a critical post, or by an earlier correction's
     alert): a correction from one critical value to another, or the same correction sent
     again, edits it without a second alert. Not knowing what the post shows, a critical
-    correction alerts. The alert is
-    the same post as a new message in the thread (``original_ref`` dropped, ``thread_ref``
-    kept), sent in the same delivery right after the edit; the delivery records the edit's
-    external id, so later corrections keep editing the original post. A correction to a lower
-    severity (critical to normal) only edits. When the adapter answers that the original was
-    gone and it posted the correction anew instead (``SendResult.posted_anew``), that post is
-    the alert: nothing more is sent.
+    correction alerts. The alert is the same post as a new message in the thread
+    (``original_ref`` dropped, ``thread_ref`` kept). A correction to a lower severity (critical
+    to normal) only edits. When the adapter answers that the original was gone and it posted the
+    correction anew instead (``SendResult.posted_anew``), that post is the alert: nothing more.
 
-    Failures, as the worker handles them (one delivery, one outcome):
-
-    - the edit fails: nothing was sent; the delivery is retried or dead as any other;
-    - the edit went through and the alert failed with a ``Retryable``: the next attempt sends
-      both again. Repeating the edit is harmless (it sets the same content on the same post),
-      and an alert that may have been posted (a timeout, a 5xx) is not posted twice: the Slack
-      adapter remembers the delivery id and finds the reply by its message metadata before
-      posting again (within the process; after a restart the floor is at least once, so a
-      second alert is possible, a lost one is not);
-    - the alert fails for good (``Permanent``, attempts exhausted): the delivery is dead
-      although the post shows the correction, so the missing alert is in the dead letters
-      and ``dlq replay`` sends it (with a harmless repeat of the edit).
+    The worker sends the edit alone and records it with ``alert=True``
+    (:meth:`bridge.store.Store.mark_delivered`): the store then creates, in the same write, the
+    alert's own delivery (``<delivery id>.alert``), claimed next in the thread, so it is sent
+    after the edit, never before (a reply must not alert to a value the post does not show yet).
+    It has its own attempts, external id and dead letter: a failing alert leaves the edit
+    delivered, ``dlq replay`` sends the alert alone, and the recorded alert shadows the edited
+    post, so later corrections edit it and a withdrawal strikes it along with that post
+    (:func:`also_struck`). Claimed, the alert delivery has no ``original_ref`` and so is a plain
+    new post of the correction; this function gives None for it.
     """
     if post.original_ref is None or post.event.lifecycle is not Lifecycle.CORRECT:
         return None
@@ -142,14 +136,15 @@ def alert_for(post: Post, shown: Severity | None) -> Post | None:
 
 
 def also_struck(post: Post, claimed: ClaimedDelivery) -> list[Post]:
-    """The other posts a cancellation strikes besides ``post.original_ref``: the same post, one per older post.
+    """The other posts a correction or cancellation changes besides ``post.original_ref``: the same post, one per post.
 
     A withdrawal strikes every post the channel made of its subject (``claimed.original_refs``:
-    the preliminary critical post as well as the final one), each by an edit in the same delivery,
-    after the latest. A correction edits the latest post only; an adapter that cannot edit
-    (``post.original_ref`` None) posts the cancellation once.
+    the preliminary critical post as well as the final one) and the alerts shadowing them, each by
+    an edit in the same delivery, after the latest. A correction edits the latest post and the
+    alerts shadowing it (an earlier correction's "Corrected ... 6.9" reply then shows the new
+    value too). An adapter that cannot edit (``post.original_ref`` None) posts once.
     """
-    if post.original_ref is None or post.event.lifecycle is not Lifecycle.CANCEL:
+    if post.original_ref is None or post.event.lifecycle not in (Lifecycle.CORRECT, Lifecycle.CANCEL):
         return []
     return [replace(post, original_ref=ref) for ref in claimed.original_refs if ref != post.original_ref]
 
@@ -296,8 +291,7 @@ class ChannelWorker:
         try:
             post = self.post_for(claimed)
             payload = self.adapter.render(post)
-            alert = alert_for(post, claimed.original_severity)
-            alert_payload = self.adapter.render(alert) if alert is not None else None
+            alerts = alert_for(post, claimed.original_severity) is not None
             strikes = [self.adapter.render(p) for p in also_struck(post, claimed)]
             await self.limiter.acquire()
             result = await self.adapter.send(payload)
@@ -305,10 +299,6 @@ class ChannelWorker:
                 # Idempotent edits: a retry after one of them failed strikes them all again, harmlessly.
                 await self.limiter.acquire()
                 await self.adapter.send(strike)
-            if alert_payload is not None and edited_in_place(post, result):
-                # After the edit, never before: a reply must not alert to a value the post does not show yet.
-                await self.limiter.acquire()
-                await self.adapter.send(alert_payload)
         except Retryable as exc:
             await self._retry(claimed, str(exc), exc.defer, fields)
             return
@@ -325,10 +315,16 @@ class ChannelWorker:
         finally:
             metrics.DELIVERY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         external_id, thread_root = recorded_send(post, result, threads=self.adapter.supports_threads)
+        # The alert goes as a delivery of its own, created with this outcome (see alert_for).
+        alerted = alerts and edited_in_place(post, result)
         # One write: the delivered mark and its "disclosed" audit row commit together, and the single
         # writer thread that also commits intake (ahead of the next ACK) runs one job, not two.
         await self.store.mark_delivered(
-            claimed.id, external_id=external_id, thread_root=thread_root, audit_detail=f"phi={self.phi.value}"
+            claimed.id,
+            external_id=external_id,
+            thread_root=thread_root,
+            audit_detail=f"phi={self.phi.value}",
+            alert=alerted,
         )
         metrics.DELIVERIES.labels(self.name, "delivered").inc()
         log.info(
@@ -336,7 +332,7 @@ class ChannelWorker:
             **fields,
             outcome="delivered",
             external_id=result.external_id,
-            alerted=alert_payload is not None,
+            alerted=alerted,
         )
 
     async def _retry(

@@ -56,6 +56,27 @@ class Route:
             and (not self.patient_classes or event.encounter.patient_class in self.patient_classes)
         )
 
+    def misses(self, event: ClinicalEvent, also: tuple[str, ...] = ()) -> list[str]:
+        """Why ``event`` does not match, one reason per failing filter ([] when it matches).
+
+        The same filters as :meth:`matches`, which stays the fast path; a test keeps the two in step.
+        """
+        location = event.encounter.location
+        failed: list[str] = []
+        types = (event.type.value, *also)
+        if not any(type_matches(t, self.types) for t in types):
+            failed.append(f"type {' or '.join(types)} not in {', '.join(self.types)}")
+        if not event.severity.at_least(self.min_severity):
+            failed.append(f"severity {event.severity.value} below {self.min_severity.value}")
+        for what, value, allowed in (
+            ("facility", location.facility, self.facilities),
+            ("unit", location.unit, self.units),
+            ("patient class", event.encounter.patient_class, self.patient_classes),
+        ):
+            if allowed and value not in allowed:
+                failed.append(f"{what} {value or '(none)'} not in {', '.join(sorted(allowed))}")
+        return failed
+
 
 class Router:
     """Compiled routes; :meth:`channels_for` is pure."""

@@ -15,8 +15,9 @@
   channel worker's post and the adapter's rendered request. Nothing is sent: each
   claimed delivery is marked delivered under a made-up id (``post-1``, ...), and the
   store records what the worker records of a send (:func:`bridge.delivery.recorded_send`:
-  an edit keeps the id of the post it edits), so threads and the edits of corrections
-  show as they would.
+  an edit keeps the id of the post it edits; a correction that turns a post more severe
+  gets its alert as a delivery of its own, claimed next), so threads, the edits of
+  corrections and their alerts show as they would.
 
 Pseudonyms (keys below PHI ``full``) are keyed with a random key per run, never a
 plain hash that a list of visit numbers would reverse. ``simulate`` shows them as
@@ -51,7 +52,7 @@ from bridge.compose import redact
 from bridge.config import ListenerConfig, MappingConfig, Settings
 from bridge.delivery import alert_for, recorded_send
 from bridge.errors import ParseError, ValidationError
-from bridge.events import ClinicalEvent, Lifecycle, type_matches
+from bridge.events import ClinicalEvent, Lifecycle
 from bridge.fhir.mapping import FhirMapper
 from bridge.hl7 import parse, split_messages
 from bridge.hl7.header import check_header
@@ -857,15 +858,14 @@ async def _channel(runtime: Runtime, name: str, messages: list[_Message], stable
             ref = f"post-{len(posts) + 1}"
             # Exactly what the worker records of a send: an edit keeps the id of the post it edits.
             external_id, root = recorded_send(post, SendResult(external_id=ref), threads=adapter.supports_threads)
-            await runtime.store.mark_delivered(delivery.id, external_id=external_id, thread_root=root)
+            edits = external_id != ref
+            # A correction that edits and turns more severe gets its alert as a delivery of its own,
+            # which the store creates with this outcome and hands out next (a new post in the thread).
+            alert = edits and alert_for(post, delivery.original_severity) is not None
+            await runtime.store.mark_delivered(delivery.id, external_id=external_id, thread_root=root, alert=alert)
             delivered.add(delivery.event.id)
             source = sources.get(delivery.event.id, "")
-            posts.append(_posted(post, ref, source, edits=external_id != ref, render=adapter.render, stable=stable))
-            # The worker also sends a correction that turns critical as a new post in the thread (not recorded).
-            alert = alert_for(post, delivery.original_severity)
-            if alert is not None:
-                ref = f"post-{len(posts) + 1}"
-                posts.append(_posted(alert, ref, source, edits=False, render=adapter.render, stable=stable))
+            posts.append(_posted(post, ref, source, edits=edits, render=adapter.render, stable=stable))
     routes = [r for r in runtime.router.routes if name in r.channels]
     dropped: list[Dropped] = []
     for m in messages:
@@ -874,7 +874,9 @@ async def _channel(runtime: Runtime, name: str, messages: list[_Message], stable
         for e in m.events:
             if e.id in delivered:
                 continue
-            reason = e.duplicate_of or _not_routed(e.event, routes, routed_elsewhere=e.status is EventStatus.ROUTED)
+            reason = e.duplicate_of or _not_routed(
+                e.event, routes, runtime.router.also(e.event), routed_elsewhere=e.status is EventStatus.ROUTED
+            )
             dropped.append(Dropped(m.source, e.event.type.value, reason))
     return ChannelView(name, cfg.type, cfg.phi.value, worker.locale, tuple(posts), tuple(dropped))
 
@@ -899,34 +901,14 @@ def _posted(
     )
 
 
-def _not_routed(event: ClinicalEvent, routes: list[Route], *, routed_elsewhere: bool) -> str:
+def _not_routed(event: ClinicalEvent, routes: list[Route], also: tuple[str, ...], *, routed_elsewhere: bool) -> str:
     """Why no route brings ``event`` to this channel: the filters the closest of its routes fails."""
     if not routes:
         return "no route sends anything to this channel"
-    misses = [(route, _misses(route, event)) for route in routes]
+    misses = [(route, route.misses(event, also)) for route in routes]
     route, failed = min(misses, key=lambda pair: len(pair[1]))
     why = f"route {route.name}: {'; '.join(failed)}"
     return why if routed_elsewhere else f"no route matched ({why})"
-
-
-def _misses(route: Route, event: ClinicalEvent) -> list[str]:
-    """The filters of ``route`` that ``event`` fails, in the order Route.matches checks them."""
-    location = event.encounter.location
-    failed: list[str] = []
-    if not type_matches(event.type.value, route.types):
-        failed.append(f"type {event.type.value} not in {', '.join(route.types)}")
-    if not event.severity.at_least(route.min_severity):
-        failed.append(f"severity {event.severity.value} below {route.min_severity.value}")
-    for what, value, allowed in (
-        ("facility", location.facility, route.facilities),
-        ("unit", location.unit, route.units),
-        ("patient class", event.encounter.patient_class, route.patient_classes),
-    ):
-        if allowed and value not in allowed:
-            failed.append(f"{what} {value or '(none)'} not in {', '.join(sorted(allowed))}")
-    if not failed and not route.matches(event):
-        failed.append("a filter of the route does not hold")
-    return failed
 
 
 _PSEUDONYM = re.compile(r"\bk:[0-9a-f]{32}\b")

@@ -170,8 +170,10 @@ class ClaimedDelivery:
     #: recorded against it. A correction more severe than that also alerts (``bridge.delivery.alert_for``).
     original_severity: Severity | None = None
     #: Every post the event changes, latest first (``original_ref`` is the first): a correction edits
-    #: the latest post alone; a cancellation strikes each post of the subject the channel made (the
-    #: preliminary report's and the final one's), except older ones already struck.
+    #: the latest post; a cancellation strikes each post of the subject the channel made (the
+    #: preliminary report's and the final one's), except older ones already struck. Either way the
+    #: alerts that shadow those posts (an earlier correction's, see ``mark_delivered``) come last,
+    #: edited or struck along with them.
     original_refs: tuple[str, ...] = ()
 
 
@@ -263,7 +265,11 @@ class Store(Protocol):
         link naming event types takes the latest post of those types in the
         delivery's thread (of the same subject unless it is the visit).
         ``original_severity`` is the severity that post shows. A cancellation's
-        ``original_refs`` are every such post not struck already, latest first.
+        ``original_refs`` are every such post not struck already, latest first;
+        any delivery's are followed by the delivered alerts shadowing them.
+
+        An alert delivery (made by ``mark_delivered(alert=True)``) is handed out
+        as a new post in its thread (no ``original_ref``).
 
         A delivery that a later correction or cancellation, already delivered in
         the channel, made stale (a replay of a dead letter) is not handed out: it
@@ -272,9 +278,24 @@ class Store(Protocol):
         ...
 
     async def mark_delivered(
-        self, delivery_id: str, *, external_id: str | None, thread_root: bool, audit_detail: str | None = None
+        self,
+        delivery_id: str,
+        *,
+        external_id: str | None,
+        thread_root: bool,
+        audit_detail: str | None = None,
+        alert: bool = False,
     ) -> None:
-        """Record the delivery; with ``audit_detail``, write its "disclosed" audit row in the same transaction."""
+        """Record the delivery; with ``audit_detail``, write its "disclosed" audit row in the same transaction.
+
+        With ``alert`` (a correction that edited the post ``external_id`` and is more severe than
+        it showed: ``bridge.delivery.alert_for``), also create, in the same write, the pending
+        delivery ``<delivery_id>.alert`` of the same event, channel and thread, claimed next in
+        that thread: the alert, sent as a new post with retries of its own, that shadows the
+        edited post (later corrections edit it and cancellations strike it with that post). A
+        failing alert so never undoes the edit's delivery; an alert not yet sent when a later
+        correction or cancellation of the post was delivered is superseded, not sent.
+        """
         ...
 
     async def mark_retry(self, delivery_id: str, *, next_attempt_at: float, error: str) -> None: ...

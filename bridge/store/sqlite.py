@@ -200,6 +200,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ADD COLUMN patient TEXT;
     """,
+    # 8: the alert of a correction that edited a post and turned it more severe is a delivery of its
+    # own (``<delivery id>.alert``), a new post in the thread that shadows the edited post (its
+    # external id): later corrections and cancellations change it along with that post.
+    """
+    ALTER TABLE deliveries ADD COLUMN shadow_of TEXT;
+    CREATE INDEX deliveries_shadow ON deliveries (shadow_of) WHERE shadow_of IS NOT NULL;
+    """,
 )
 
 _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
@@ -208,7 +215,7 @@ _OPEN = (DeliveryStatus.PENDING.value, DeliveryStatus.IN_FLIGHT.value)
 #: delivery is not open, so it blocks nothing). Walks deliveries_queue in event order and stops at
 #: the LIMIT: no sort of the whole backlog, no event bodies read.
 _CLAIM_SQL = (
-    "SELECT d.id, d.event_id, d.attempts, d.thread_key, d.event_seq FROM deliveries d"
+    "SELECT d.id, d.event_id, d.attempts, d.thread_key, d.event_seq, d.shadow_of FROM deliveries d"
     " WHERE d.channel = ? AND d.status = ? AND d.next_attempt_at <= ?"
     " AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.channel = d.channel"
     "   AND p.thread_key = d.thread_key AND p.status IN (?, ?) AND p.event_seq < d.event_seq)"
@@ -647,7 +654,7 @@ class SQLiteStore:
             ).rowcount
             if expired:
                 log.warning("store.lease_expired", channel=channel, deliveries=expired)
-            rows: list[tuple[str, str, int, str, int]] = conn.execute(
+            rows: list[tuple[str, str, int, str, int, str | None]] = conn.execute(
                 _CLAIM_SQL, (channel, DeliveryStatus.PENDING.value, now, *_OPEN, limit)
             ).fetchall()
             if not rows:
@@ -666,15 +673,17 @@ class SQLiteStore:
                 ).fetchall()
             )
             claimed: list[ClaimedDelivery] = []
-            for delivery_id, event_id, attempts, thread_key, seq in rows:
+            for delivery_id, event_id, attempts, thread_key, seq, shadow_of in rows:
                 try:
                     event = ClinicalEvent.model_validate_json(bodies[event_id])
                 except Exception as exc:  # boundary: one bad row must not stop the channel's other deliveries
                     _kill_undecodable(conn, channel, delivery_id, event_id, type(exc).__name__, now)
                     continue
-                original = _original(conn, channel, event, seq, thread_key, supersedes)
+                # An alert is a new post in the thread: it edits nothing. It is stale as the edit it
+                # follows would be: once a later correction or cancellation reached the post it shadows.
+                original = None if shadow_of else _original(conn, channel, event, seq, thread_key, supersedes)
                 refs = original.refs if original else ()
-                later = _later(conn, channel, event, seq, thread_key, refs, supersedes)
+                later = _later(conn, channel, event, seq, thread_key, (shadow_of,) if shadow_of else refs, supersedes)
                 if later is not None:
                     # Sending it now (a replay) would bring back what a later event already replaced here.
                     conn.execute(
@@ -708,7 +717,13 @@ class SQLiteStore:
         return await self._write(run)
 
     async def mark_delivered(
-        self, delivery_id: str, *, external_id: str | None, thread_root: bool, audit_detail: str | None = None
+        self,
+        delivery_id: str,
+        *,
+        external_id: str | None,
+        thread_root: bool,
+        audit_detail: str | None = None,
+        alert: bool = False,
     ) -> None:
         def run(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -716,6 +731,17 @@ class SQLiteStore:
                 "UPDATE deliveries SET status=?, external_id=?, last_error='', updated_at=? WHERE id=?",
                 (DeliveryStatus.DELIVERED.value, external_id, now, delivery_id),
             )
+            if alert and external_id:
+                # Same event, channel, thread and place in its order (event_seq): claimed next in the
+                # thread, before anything later. OR IGNORE: an edit sent again (its lease ran out
+                # unrecorded) does not make a second alert.
+                conn.execute(
+                    "INSERT OR IGNORE INTO deliveries (id, event_id, event_seq, channel, thread_key, status,"
+                    " attempts, next_attempt_at, last_error, created_at, updated_at, shadow_of)"
+                    " SELECT id || '.alert', event_id, event_seq, channel, thread_key, ?, 0, ?, '', ?, ?, ?"
+                    " FROM deliveries WHERE id=?",
+                    (DeliveryStatus.PENDING.value, now, now, now, external_id, delivery_id),
+                )
             if thread_root and external_id:
                 conn.execute(
                     "INSERT OR IGNORE INTO threads (thread_key, channel, external_id, created_at)"
@@ -1058,9 +1084,10 @@ class _Superseded:
 #: the delivery was to change; '' none). So a correction posted anew, its original never having
 #: reached the channel, is that channel's post of the subject, to be corrected or withdrawn in
 #: its turn. Rows claimed before ``original_ref`` was recorded: the posts of new events, as then.
+#: An alert (``shadow_of``) is not: it shadows the post it alerts to, and goes along with that one.
 _OWN_POST = (
-    "d.external_id IS NOT NULL AND CASE WHEN d.original_ref IS NULL THEN e.lifecycle = 'new'"
-    " ELSE d.external_id != d.original_ref END"
+    "d.external_id IS NOT NULL AND d.shadow_of IS NULL AND CASE WHEN d.original_ref IS NULL"
+    " THEN e.lifecycle = 'new' ELSE d.external_id != d.original_ref END"
 )
 
 
@@ -1068,7 +1095,8 @@ _OWN_POST = (
 class _Original:
     """The posts a correction or cancellation changes in a channel, and the severity the latest shows."""
 
-    #: External ids, latest first: one for a correction; every own post of the subject for a cancellation.
+    #: External ids, latest first: one for a correction; every own post of the subject for a cancellation;
+    #: then the alerts that shadow them (latest first).
     refs: tuple[str, ...]
     severity: Severity
 
@@ -1092,6 +1120,14 @@ def _original(
     (a re-booking cancelled again leaves the first cancellation's post as it was). The severity is
     that of the latest event recorded against the latest post (its own, or an earlier
     correction's that edited it).
+
+    After those posts come the delivered alerts that shadow them (``shadow_of``: a correction
+    that edited a post and made it more severe alerted in the thread with a post of its own).
+    An alert is never the post a correction edits first, but goes along with it: a withdrawal
+    strikes it as well as the post (no "Corrected ... 6.9 critical" left standing), and a later
+    correction edits it to the new content as well, so every post of the subject shows the
+    current value, under the correction's label (an alert left showing a value corrected since
+    would contradict the post it alerted to; the new correction alerts anew if it is more severe).
     """
     found = _superseded(event, supersedes)
     if found is None:
@@ -1121,6 +1157,12 @@ def _original(
         refs.append(external_id)
     if severity is None:
         return None
+    shadows = conn.execute(
+        f"SELECT d.external_id FROM deliveries d WHERE d.shadow_of IN ({_marks(refs)}) AND d.channel=?"
+        " AND d.status=? AND d.event_seq < ? AND d.external_id IS NOT NULL ORDER BY d.event_seq DESC",
+        (*refs, channel, DeliveryStatus.DELIVERED.value, seq),
+    ).fetchall()
+    refs.extend(dict.fromkeys(str(r[0]) for r in shadows if str(r[0]) not in refs))
     return _Original(tuple(refs), severity)
 
 
@@ -1147,6 +1189,10 @@ def _later(
       supersedes it was delivered: replaying a withdrawn result or a cancelled admission would
       show it as current; replaying a report a later correction already replaced would show the
       old value beside the new one.
+
+    - An alert (a correction's, ``shadow_of``: its ``refs`` are the post it shadows) is stale as
+      its correction would be: once a later correction or cancellation reached that post (the
+      alert, dead, then replayed), it would alert to a value the post no longer shows.
 
     Updates are never stale: they reply, and replace nothing.
     """

@@ -106,9 +106,13 @@ async def claim_one(store: SQLiteStore, *, later: float = 0.0) -> ClaimedDeliver
     return claimed
 
 
-async def row(store: SQLiteStore, event: ClinicalEvent) -> tuple[str, int, float, str, str | None]:
+async def row(
+    store: SQLiteStore, event: ClinicalEvent, *, alert: bool = False
+) -> tuple[str, int, float, str, str | None]:
+    """The event's delivery; with ``alert``, its alert's (the delivery the edit's outcome created)."""
     rows = await store.query(
-        "SELECT status, attempts, next_attempt_at, last_error, external_id FROM deliveries WHERE event_id=?",
+        "SELECT status, attempts, next_attempt_at, last_error, external_id FROM deliveries"
+        f" WHERE event_id=? AND shadow_of IS {'NOT ' if alert else ''}NULL",
         (event.id,),
     )
     assert len(rows) == 1
@@ -637,36 +641,53 @@ class EditThenAlertAdapter(FakeAdapter):
 
 
 @pytest.mark.parametrize(
-    ("shown", "corrected", "kinds"),
+    ("shown", "corrected", "alerts"),
     [
-        pytest.param(
-            N, C, [("edit", "ts-original"), ("post", "ts-original")], id="normal-to-critical-edits-and-alerts"
-        ),
-        pytest.param(C, N, [("edit", "ts-original")], id="critical-to-normal-only-edits"),
+        pytest.param(N, C, True, id="normal-to-critical-edits-then-alerts"),
+        pytest.param(C, N, False, id="critical-to-normal-only-edits"),
     ],
 )
-async def test_correction_edits_its_post_and_alerts_in_the_thread_when_more_severe(
+async def test_correction_edits_its_post_then_alerts_in_the_thread_as_a_delivery_of_its_own(
     store: SQLiteStore,
     make_entry: EntryFactory,
     make_event: EventFactory,
     make_worker: WorkerFactory,
     shown: Severity,
     corrected: Severity,
-    kinds: list[tuple[str, str | None]],
+    alerts: bool,
 ) -> None:
     correction = await shown_then_corrected(store, make_entry, make_event, shown, corrected)
     adapter = EditThenAlertAdapter()
+    worker = make_worker(adapter)
 
-    await make_worker(adapter).deliver(await claim_one(store))
+    edit = await claim_one(store)
+    await worker.deliver(edit)
 
-    assert adapter.kinds == kinds
-    assert all(p.event.id == correction.id for p in adapter.sent)
-    # One delivery, recorded under the edited post: the next correction edits that post again.
+    # The edit goes alone, recorded under the edited post: the next correction edits that post again.
+    assert adapter.kinds == [("edit", "ts-original")]
     status, attempts, _, _, external_id = await row(store, correction)
     assert (status, attempts, external_id) == ("delivered", 1, "ts-original")
+    if not alerts:
+        assert await store.claim(CHANNEL, now=time.time(), limit=10) == []
+        assert await store.query("SELECT count(*) FROM deliveries WHERE event_id=?", (correction.id,)) == [(1,)]
+        return
+    # Its outcome made the alert's delivery, handed out next: a new post in the thread, of the same event.
+    alert = await claim_one(store)
+    assert (alert.id, alert.event.id, alert.original_ref, alert.original_refs) == (
+        f"{edit.id}.alert",
+        correction.id,
+        None,
+        (),
+    )
+    assert alert.thread_ref == "ts-original"
+    await worker.deliver(alert)
+    assert adapter.kinds == [("edit", "ts-original"), ("post", "ts-original")]
+    assert all(p.event.id == correction.id for p in adapter.sent)
+    assert (await row(store, correction, alert=True))[0::4] == ("delivered", "ext-2")
+    assert await store.query("SELECT shadow_of FROM deliveries WHERE id=?", (alert.id,)) == [("ts-original",)]
 
 
-async def test_alert_that_fails_after_the_edit_retries_both_then_records_the_edit(
+async def test_alert_that_fails_is_retried_alone_and_leaves_the_edit_delivered(
     store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
 ) -> None:
     correction = await shown_then_corrected(store, make_entry, make_event, N, C)
@@ -674,28 +695,82 @@ async def test_alert_that_fails_after_the_edit_retries_both_then_records_the_edi
     worker = make_worker(adapter)
 
     await worker.deliver(await claim_one(store))
-    status, attempts, _, last_error, _ = await row(store, correction)
+    await worker.deliver(await claim_one(store))
+    assert (await row(store, correction))[0::4] == ("delivered", "ts-original")
+    status, attempts, _, last_error, _ = await row(store, correction, alert=True)
     assert (status, attempts, last_error) == ("pending", 1, "timeout")
 
     await worker.deliver(await claim_one(store, later=1.0))
 
     edit, alert = ("edit", "ts-original"), ("post", "ts-original")
-    assert adapter.kinds == [edit, alert, edit, alert]
-    assert (await row(store, correction))[0:2] == ("delivered", 2)
-    assert (await row(store, correction))[4] == "ts-original"
+    assert adapter.kinds == [edit, alert, alert], "the edit is not repeated"
+    assert (await row(store, correction, alert=True))[0:2] == ("delivered", 2)
+    assert (await row(store, correction))[0::4] == ("delivered", "ts-original")
 
 
-async def test_alert_that_fails_for_good_leaves_the_correction_in_the_dead_letters(
+async def test_alert_that_fails_for_good_is_a_dead_letter_of_its_own_and_replays_alone(
     store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
 ) -> None:
     correction = await shown_then_corrected(store, make_entry, make_event, N, C)
     adapter = EditThenAlertAdapter([Permanent("msg_too_long")])
+    worker = make_worker(adapter)
 
-    await make_worker(adapter).deliver(await claim_one(store))
+    await worker.deliver(await claim_one(store))
+    await worker.deliver(await claim_one(store))
 
-    status, _, _, last_error, _ = await row(store, correction)
+    assert (await row(store, correction))[0::4] == ("delivered", "ts-original")
+    status, _, _, last_error, _ = await row(store, correction, alert=True)
     assert (status, last_error) == ("dead", "msg_too_long")
     assert adapter.kinds == [("edit", "ts-original"), ("post", "ts-original")]
+
+    assert await store.replay(None) == 1
+    await worker.deliver(await claim_one(store))
+    assert adapter.kinds == [("edit", "ts-original"), ("post", "ts-original"), ("post", "ts-original")]
+    assert (await row(store, correction, alert=True))[0] == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "link"),
+    [
+        pytest.param(Lifecycle.CORRECT, "corrects", id="a-later-correction-edits-the-alert-too"),
+        pytest.param(Lifecycle.CANCEL, "cancels", id="a-withdrawal-strikes-the-alert-too"),
+    ],
+)
+async def test_what_follows_an_alerted_correction_changes_the_alert_with_the_post(
+    store: SQLiteStore,
+    make_entry: EntryFactory,
+    make_event: EventFactory,
+    make_worker: WorkerFactory,
+    lifecycle: Lifecycle,
+    link: str,
+) -> None:
+    await shown_then_corrected(store, make_entry, make_event, N, C)
+    adapter = EditThenAlertAdapter()
+    worker = make_worker(adapter)
+    await worker.deliver(await claim_one(store))
+    await worker.deliver(await claim_one(store))
+    later = make_event(
+        type=EventType.RESULT_CORRECTED if lifecycle is Lifecycle.CORRECT else EventType.RESULT_RETRACTED,
+        severity=N,
+        subject=Subject(kind="result", key="LAB:F1"),
+        lifecycle=lifecycle,
+        links={link: "LAB:F1"},
+    )
+    await commit(store, make_entry, later)
+
+    claimed = await claim_one(store)
+    assert (claimed.original_ref, claimed.original_refs, claimed.original_severity) == (
+        "ts-original",
+        ("ts-original", "ext-2"),
+        C,
+    )
+    await worker.deliver(claimed)
+
+    assert adapter.kinds[2:] == [("edit", "ts-original"), ("edit", "ext-2")]
+    assert [p.event.id for p in adapter.sent[2:]] == [later.id, later.id]
+    # Recorded under the post, not the alert: the next one finds both again, and no new alert (less severe).
+    assert (await row(store, later))[0::4] == ("delivered", "ts-original")
+    assert await store.claim(CHANNEL, now=time.time(), limit=10) == []
 
 
 # --- the original is gone: the adapter posted the correction anew (review 2, findings 2 and 8) ---
@@ -815,15 +890,17 @@ async def test_an_adapter_that_cannot_edit_posts_the_withdrawal_once(
 # --- review 2, finding 4b: a replayed correction that a later one replaced is not sent ---
 
 
-async def test_a_replayed_correction_a_later_correction_replaced_is_not_sent(
+async def test_a_replayed_alert_whose_post_a_later_correction_changed_is_not_sent(
     store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, make_worker: WorkerFactory
 ) -> None:
     first = await shown_then_corrected(store, make_entry, make_event, N, C)
-    # The edit lands, the alert fails for good: the correction is dead although the post shows it.
+    # The edit lands, the alert fails for good: its own delivery is dead, the correction's is not.
     adapter = EditThenAlertAdapter([Permanent("msg_too_long")])
     worker = make_worker(adapter)
     await worker.deliver(await claim_one(store))
-    assert (await row(store, first))[0] == "dead"
+    await worker.deliver(await claim_one(store))
+    assert (await row(store, first))[0] == "delivered"
+    assert (await row(store, first, alert=True))[0] == "dead"
     second = make_event(
         type=EventType.RESULT_CORRECTED,
         severity=N,
@@ -837,9 +914,8 @@ async def test_a_replayed_correction_a_later_correction_replaced_is_not_sent(
 
     assert await store.replay(None) == 1
     async with running(worker):
-        await settled(store, 2)
         async with asyncio.timeout(2.0):
-            while (await row(store, first))[0] != "superseded":
+            while (await row(store, first, alert=True))[0] != "superseded":
                 await asyncio.sleep(0.005)
 
     assert adapter.kinds == sent, "the post keeps the later correction: nothing is sent again"

@@ -76,8 +76,14 @@ def encounter(
 )
 def test_route_filters(make_event: EventFactory, match: dict[str, Any], event: dict[str, Any], routed: bool) -> None:
     router = Router.from_config([route("icu", **match)])
+    made = make_event(**event)
 
-    assert router.channels_for(make_event(**event)) == (["icu"] if routed else [])
+    assert router.channels_for(made) == (["icu"] if routed else [])
+    # misses() names a reason for each failing filter and none when the route matches: the two stay in step.
+    misses = router.routes[0].misses(made, router.also(made))
+    assert (misses == []) is routed
+    if match.get("facilities") == ["SOUTH"]:
+        assert misses == ["facility NORTH not in SOUTH"]
 
 
 @pytest.mark.parametrize(
@@ -132,3 +138,14 @@ def test_routes_as_comes_from_the_catalogue_and_keeps_the_routes_other_filters(m
     assert Router.from_config(routes).channels_for(corrected) == ["oncall"]
     # The critical result itself is not routed as anything else.
     assert Router.from_config(routes).also(make_event(type=EventType.RESULT_CRITICAL)) == ()
+
+
+def test_misses_counts_the_types_an_event_routes_as(make_event: EventFactory) -> None:
+    router = Router.from_config([route("oncall", types=["result.critical"], units=["CCU"])])
+    corrected = make_event(type=EventType.RESULT_CORRECTED, severity=Severity.CRITICAL, encounter=encounter())
+
+    assert router.routes[0].misses(corrected, router.also(corrected)) == ["unit ICU not in CCU"]
+    assert router.routes[0].misses(corrected) == [
+        "type result.corrected not in result.critical",
+        "unit ICU not in CCU",
+    ]

@@ -334,9 +334,11 @@ async def test_an_edit_is_recorded_under_the_id_of_the_post_it_edits_as_the_work
     recorded: list[tuple[str, str | None, bool]] = []
     mark = SQLiteStore.mark_delivered
 
-    async def spy(self: SQLiteStore, delivery_id: str, *, external_id: str | None, thread_root: bool) -> None:
+    async def spy(
+        self: SQLiteStore, delivery_id: str, *, external_id: str | None, thread_root: bool, alert: bool = False
+    ) -> None:
         recorded.append((delivery_id.rpartition(".")[2], external_id, thread_root))
-        await mark(self, delivery_id, external_id=external_id, thread_root=thread_root)
+        await mark(self, delivery_id, external_id=external_id, thread_root=thread_root, alert=alert)
 
     monkeypatch.setattr(SQLiteStore, "mark_delivered", spy)
     result = await simulate(example_settings(), [MESSAGES])

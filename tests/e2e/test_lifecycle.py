@@ -325,8 +325,15 @@ async def test_correction_to_a_critical_value_also_alerts_in_the_thread(
     assert after[0] in shown(alert) and alert.at > edit.at
     event = await delivered_event(bridge, alert)
     assert (event.type, event.severity) == ("result.corrected", "critical")
-    rows = await bridge.runtime.store.query("SELECT status, external_id FROM deliveries WHERE event_id=?", (event.id,))
-    assert rows == [("delivered", result.ts)]
+    # Two deliveries of the correction: the edit, recorded under the post it edited, and the alert,
+    # made by the edit's outcome, recorded under its own id and shadowing that post.
+    sql = "SELECT id, status, external_id, shadow_of FROM deliveries WHERE event_id=? ORDER BY id"
+    await eventually(lambda: _delivered(bridge, f"{event.id}.slack.alert"), "the alert recorded")
+    rows = await bridge.runtime.store.query(sql, (event.id,))
+    assert rows == [
+        (f"{event.id}.slack", "delivered", result.ts, None),
+        (f"{event.id}.slack.alert", "delivered", alert.ts, result.ts),
+    ]
 
 
 async def test_alert_whose_answer_was_lost_is_not_posted_twice(bridge: Bridge, slack: FakeSlack) -> None:
@@ -337,15 +344,40 @@ async def test_alert_whose_answer_was_lost_is_not_posted_twice(bridge: Bridge, s
     slack.answer_first("6.9", edited, httpx.ReadTimeout("answer lost"))
 
     await send(bridge, potassium("6.9", "HH", "C", "20260301100000"))
-    await eventually(lambda: len(updates(slack)) == 2, "the edit, repeated by the retry")
+    await eventually(lambda: len(updates(slack)) == 1, "the edit")
 
     alerts = [m for m in slack.messages if "6.9" in m["text"]]
-    assert len(alerts) == 1, "the retry found the alert by its metadata and did not post it again"
+    assert len(alerts) == 1
     delivery_id = alerts[0]["metadata"]["event_payload"]["delivery_id"]
-    await eventually(
-        lambda: _delivered(bridge, delivery_id),
-        "the correction recorded as delivered",
-    )
+    assert delivery_id.endswith(".slack.alert")
+    await eventually(lambda: _delivered(bridge, delivery_id), "the alert recorded as delivered by its retry")
+    alerts = [m for m in slack.messages if "6.9" in m["text"]]
+    assert len(alerts) == 1, "the retry found the alert by its metadata and did not post it again"
+    # The alert is retried alone: the edit, delivered, is not repeated.
+    assert len(updates(slack)) == 1
+
+
+async def test_a_withdrawal_after_an_alerted_correction_strikes_the_post_and_the_alert(
+    bridge: Bridge, slack: FakeSlack
+) -> None:
+    await send(bridge, adt("A01", "20260301080000"), potassium("4.0", "N", "F", "20260301090000"))
+    await eventually(lambda: len(slack.posted()) == 2, "the admission and the result")
+    _, result = slack.posted()
+    await send(bridge, potassium("6.9", "HH", "C", "20260301100000"))
+    await eventually(lambda: len(slack.posted()) == 3 and len(updates(slack)) == 1, "the edit and the alert")
+    alert = slack.posted()[2]
+    assert "6.9" in shown(alert) and alert.body["reply_broadcast"] is True
+
+    await send(bridge, potassium("6.9", "HH", "W", "20260301103000"))
+    await eventually(lambda: len(updates(slack)) == 3, "the withdrawal strikes the result and the alert")
+
+    _, *withdrawn = updates(slack)
+    assert [(u.ok, u.body["ts"], bool(STRUCK.search(u.text))) for u in withdrawn] == [
+        (True, result.ts, True),
+        (True, alert.ts, True),
+    ]
+    # No "Corrected ... 6.9" left standing, and nothing posted anew.
+    assert len(slack.posted()) == 3
 
 
 async def _delivered(bridge: Bridge, delivery_id: str) -> bool:

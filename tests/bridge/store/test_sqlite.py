@@ -1818,3 +1818,107 @@ async def test_rows_from_before_migration_7_have_no_patient_and_are_not_kept_fro
     (claimed,) = await claim(store)
 
     assert (claimed.event.id, claimed.original_ref) == (fix.id, "ts-final")
+
+
+# --- review 2, finding 5: a correction's alert is a delivery of its own that shadows the edited post ---
+
+
+async def alerted_correction(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> tuple[ClinicalEvent, ClaimedDelivery]:
+    """A normal final report delivered as ts-final, then its critical correction's edit, claimed (not recorded)."""
+    await show(store, make_entry, make_event, [(fact(T.RESULT_FINAL, "LAB:F1"), "ts-final")])
+    fix = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1", severity=Severity.CRITICAL))
+    await store.commit_message(make_entry(), routed(fix), dedup_window=DAY)
+    (edit,) = await claim(store)
+    assert edit.original_ref == "ts-final"
+    return fix, edit
+
+
+async def test_an_alerting_edit_creates_its_alert_delivery_with_its_outcome(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    fix, edit = await alerted_correction(store, make_entry, make_event)
+    later = make_event(**fact(T.RESULT_FINAL, "LAB:F2"))
+    await store.commit_message(make_entry(), routed(later), dedup_window=DAY)
+
+    await store.mark_delivered(edit.id, external_id="ts-final", thread_root=False, alert=True)
+    # Sent again after its lease ran out and recorded once more: still one alert.
+    await store.mark_delivered(edit.id, external_id="ts-final", thread_root=False, alert=True)
+
+    cols = "id, event_id, event_seq, channel, thread_key, status, attempts, external_id, shadow_of"
+    (edit_row,) = await store.query(f"SELECT {cols} FROM deliveries WHERE id=?", (edit.id,))
+    (alert_row,) = await store.query(f"SELECT {cols} FROM deliveries WHERE id=?", (f"{edit.id}.alert",))
+    assert alert_row == (f"{edit.id}.alert", *edit_row[1:5], "pending", 0, None, "ts-final")
+    assert edit_row[5:] == ("delivered", 1, "ts-final", None)
+    # Next in the thread, before the later report: a new post of the correction, editing nothing.
+    (alert,) = await claim(store)
+    assert (alert.id, alert.event.id, alert.original_ref, alert.original_refs, alert.original_severity) == (
+        f"{edit.id}.alert",
+        fix.id,
+        None,
+        (),
+        None,
+    )
+    await store.mark_delivered(alert.id, external_id="ts-alert", thread_root=False)
+    (head,) = await claim(store)
+    assert head.event.id == later.id
+
+
+async def test_an_edit_recorded_without_alert_creates_no_alert_delivery(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    fix, edit = await alerted_correction(store, make_entry, make_event)
+
+    await store.mark_delivered(edit.id, external_id="ts-final", thread_root=False)
+
+    assert await store.query("SELECT id FROM deliveries WHERE event_id=?", (fix.id,)) == [(edit.id,)]
+    assert await claim(store) == []
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        pytest.param(correction(T.RESULT_CORRECTED, "LAB:F1"), id="a-later-correction-edits-post-and-alert"),
+        pytest.param(cancellation(T.RESULT_RETRACTED, "LAB:F1"), id="a-withdrawal-strikes-post-and-alert"),
+    ],
+)
+async def test_what_follows_finds_the_alert_shadowing_its_post(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory, then: dict[str, Any]
+) -> None:
+    _, edit = await alerted_correction(store, make_entry, make_event)
+    await store.mark_delivered(edit.id, external_id="ts-final", thread_root=False, alert=True)
+    await deliver_in_order(store, ["ts-alert"])
+    event = make_event(**then)
+    await store.commit_message(make_entry(), routed(event), dedup_window=DAY)
+
+    (claimed,) = await claim(store)
+
+    # The post first (the alert is never the post a correction edits), then the alert; the post shows critical.
+    assert claimed.event.id == event.id
+    assert (claimed.original_ref, claimed.original_refs, claimed.original_severity) == (
+        "ts-final",
+        ("ts-final", "ts-alert"),
+        Severity.CRITICAL,
+    )
+
+
+async def test_an_alert_not_sent_before_a_later_correction_reached_its_post_is_superseded(
+    store: SQLiteStore, make_entry: EntryFactory, make_event: EventFactory
+) -> None:
+    fix, edit = await alerted_correction(store, make_entry, make_event)
+    await store.mark_delivered(edit.id, external_id="ts-final", thread_root=False, alert=True)
+    (alert,) = await claim(store)
+    await store.mark_dead(alert.id, error="msg_too_long")
+    again = make_event(**correction(T.RESULT_CORRECTED, "LAB:F1"))
+    await store.commit_message(make_entry(), routed(again), dedup_window=DAY)
+    (second,) = await claim(store)
+    assert (second.event.id, second.original_refs) == (again.id, ("ts-final",)), "an alert never sent shadows nothing"
+    await store.mark_delivered(second.id, external_id="ts-final", thread_root=False)
+
+    assert await store.replay([alert.id]) == 1
+    assert await claim(store) == []
+
+    assert await state(store, alert.id) == ("superseded", 0)
+    audit = await store.query("SELECT action, event_id, detail FROM audit WHERE action='delivery.superseded'")
+    assert audit == [("delivery.superseded", fix.id, again.id)]
